@@ -1,0 +1,2 @@
+"""Graft: transfer learning for small image datasets."""
+__version__ = "0.1.0"

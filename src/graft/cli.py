@@ -1,0 +1,201 @@
+"""`graft`: one command per stage (each run as its Prefect flow), plus run, summary and predict.
+
+Thin: parsing, printing and exit codes only; the work lives in the stage modules.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.layout import STAGES, Layout
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Transfer learning for small image datasets.")
+
+Root = Annotated[Path, typer.Option(help="Project root (holds params.yaml, data/, models/).")]
+ParamsFile = Annotated[Path | None, typer.Option("--params", help="Default: ROOT/params.yaml.")]
+NoPrefect = Annotated[bool, typer.Option("--no-prefect", help="Run in-process, without Prefect.")]
+
+
+def _fail(exc: BaseException) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _run_stage(stage: str, root: Path, params: Path | None, no_prefect: bool) -> dict:
+    from graft import flows  # imports prefect: only when a stage really runs
+
+    try:
+        if no_prefect:
+            return flows.run_stage(stage, root, params)
+        return flows.STAGE_FLOWS[stage](str(root), str(params) if params else None)
+    except (ValueError, FileNotFoundError) as exc:  # the stages' user-facing errors
+        _fail(exc)
+        raise  # unreachable: _fail exits
+
+
+def _stage_command(stage: str) -> None:
+    def command(root: Root = Path("."), params: ParamsFile = None, no_prefect: NoPrefect = False):
+        metrics = _run_stage(stage, root, params, no_prefect)
+        if stage == "evaluate":
+            _print_evaluation(metrics)
+        else:
+            typer.echo(json.dumps(metrics, indent=2, default=str))
+
+    command.__doc__ = f"Run the {stage} stage (reads params.yaml: {stage})."
+    app.command(name=stage)(command)
+
+
+for _stage in STAGES:
+    _stage_command(_stage)
+
+
+@app.command()
+def run(root: Root = Path("."), params: ParamsFile = None) -> None:
+    """Run all six stages in order as one Prefect flow (`dvc repro` runs them one by one)."""
+    from graft import flows
+
+    try:
+        flows.pipeline(str(root), str(params) if params else None)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    summary(root)
+
+
+@app.command()
+def summary(root: Root = Path(".")) -> None:
+    """Print what the last run produced: accuracy vs baselines, transfer gain, model files."""
+    from graft.summary import summary_lines
+
+    try:
+        lines = summary_lines(Layout(root))
+    except FileNotFoundError as exc:
+        _fail(exc)
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A Graft .onnx model.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    top_k: Annotated[int, typer.Option(help="Labels per image.")] = 3,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 32,
+) -> None:
+    """Classify images with an exported model; needs nothing but the .onnx file."""
+    from graft.predict import main
+
+    try:
+        code = main(model, paths, top_k, fmt, batch_size)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+def _print_evaluation(metrics: dict) -> None:
+    from graft.evaluate import summary_lines
+
+    for line in summary_lines(metrics):
+        typer.echo(line, err=line.startswith("WARNING"))
+
+
+@app.command()
+def retrain(
+    root: Root = Path("."),
+    source: Annotated[str | None, typer.Option(help="New ingest.path for this run.")] = None,
+) -> None:
+    """Retrain on new data; promote the challenger only if it passes the gate (Prefect flow)."""
+    from graft.retrain import retrain as retrain_flow
+
+    try:
+        result = retrain_flow(str(root), source)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"retrain: {result['status']}")
+    for reason in result.get("reasons", []):
+        typer.echo(f"  {reason}")
+
+
+@app.command()
+def models(root: Root = Path(".")) -> None:
+    """List the champion and the model history: version, date, accuracy, model hash."""
+    from graft.registry import versions
+
+    rows = versions(Layout(root).models)
+    if not rows:
+        typer.echo(f"{Layout(root).models}: no champion yet; run `graft retrain`")
+    for r in rows:
+        typer.echo(f"{'*' if r['status'] == 'champion' else ' '} {r['version']}  "
+                   f"{r['created']}  accuracy {100 * r['accuracy']:.1f}%  "
+                   f"sha256 {r['model_sha256'][:12]}")
+
+
+@app.command()
+def rollback(
+    version: Annotated[str | None, typer.Argument(help="Default: the newest in history.")] = None,
+    root: Root = Path("."),
+) -> None:
+    """Make an earlier model the champion again (the current one moves to history)."""
+    from graft.registry import rollback as do_rollback
+
+    try:
+        restored = do_rollback(Layout(root).models, version)
+    except ValueError as exc:
+        _fail(exc)
+    typer.echo(f"champion is now {restored}")
+
+
+@app.command()
+def bundle(
+    root: Root = Path("."),
+    out: Annotated[Path | None, typer.Option(help="Bundle folder; default ROOT/bundle.")] = None,
+) -> None:
+    """Pack the exported models, labels.json and a standalone predict.py into a folder + .zip."""
+    from graft.bundle import build_bundle
+
+    try:
+        result = build_bundle(Layout(root), out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def bench(
+    root: Root = Path("."),
+    train: Annotated[bool, typer.Option("--train", help="Training images/s instead.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Throughput batch.")] = 32,
+    seconds: Annotated[float, typer.Option(help="Timed seconds per measurement.")] = 10.0,
+    size: Annotated[int, typer.Option(help="--train: image side in pixels.")] = 224,
+    out: Annotated[Path | None, typer.Option(help="Default ROOT/metrics/bench*.json")] = None,
+) -> None:
+    """Inference latency/throughput of model.pt / model.onnx / model.int8.onnx (and GPU runtimes
+    when present), or with --train the fine-tuning speed; prints a table, writes JSON."""
+    from graft.files import write_json
+
+    try:
+        if train:
+            from graft.bench_train import bench_train, markdown_train
+
+            report = bench_train(size=size, batch_size=batch_size, seconds=seconds)
+            text = markdown_train(report)
+        else:
+            from graft.bench import bench_inference, markdown
+
+            report = bench_inference(Layout(root), batch_size=batch_size, seconds=seconds)
+            text = markdown(report)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    out = out or root / "metrics" / ("bench_train.json" if train else "bench.json")
+    write_json(out, report)
+    typer.echo(f"{text}\n\nwritten to {out}")
+
+
+if __name__ == "__main__":  # python -m graft.cli
+    sys.exit(app())

@@ -1,0 +1,218 @@
+"""The finetune stage: graft a classifier for the manifest's classes onto the pretrained backbone.
+
+Strategies (`finetune.strategy`):
+
+- `linear_probe`: logistic regression on the cached embeddings (features stage), C chosen on the
+  validation rows, then refitted on train + validation rows with that C. The refit uses every
+  label we have, which matters most when there are only a few per class; the reported
+  val_accuracy is therefore the one measured before the refit (the refitted model has seen the
+  validation rows). The standardisation is folded into the network's Linear head, so
+  models/model.pt maps an image to logits with no side files.
+- `svm` and `prototype`: heads fitted on the cached embeddings by graft.feature_fit (one-vs-rest
+  SVMs, linear or RBF, or cosine nearest class mean), shipped as graft.heads layers. With
+  `feature_norm` (center, l2) the linear probe and these heads normalise the embeddings first,
+  and the saved head does the same.
+- `finetune`: the network itself is trained (see graft.training), starting from the linear probe
+  fitted on the training rows only (the validation rows stay unseen for early stopping). A probe
+  head is cheap and keeps the first gradients from wrecking good features with a random head.
+
+Outputs: models/model.pt, metrics/finetune.json and plots/finetune.csv (per epoch; for
+linear_probe one row per C tried), each written atomically: a crash leaves the previous ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from graft.backbones import create_model, get_spec
+from graft.checkpoint import save_checkpoint
+from graft.config import ConfigError, FinetuneParams, Params
+from graft.feature_fit import candidates, fit_strategy
+from graft.features import load_features
+from graft.files import write_csv, write_json
+from graft.heads import head_logits, head_spec, install_head, last_linear, norm_parts, normalise
+from graft.images import Preprocessing, read_image
+from graft.inference import pick_device
+from graft.layout import Layout
+from graft.manifest import absolute_paths, class_names, read_manifest
+from graft.probe import Selection, fit_probe, select_c
+from graft.training import Data, History, train
+
+log = logging.getLogger(__name__)
+
+PROBE_CSV = ("step", "C", "val_accuracy")
+FEATURE_HEADS = ("svm", "prototype")  # graft.feature_fit strategies
+EPOCH_CSV = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+
+
+class FinetuneError(ValueError):
+    """A manifest the stage cannot train on; the message names the file."""
+
+
+@dataclasses.dataclass
+class _Outcome:
+    model: torch.nn.Module
+    val_accuracy: float | None
+    train_accuracy: float
+    csv_header: tuple[str, ...]
+    csv_rows: list[list]
+    history: History | None = None
+    head_spec: dict | None = None  # graft.heads spec when the head is not a plain Linear
+    setting: dict | None = None  # svm/prototype: the chosen setting and its temperature
+    candidates: list[dict] | None = None  # svm/prototype: every setting tried, with val score
+    selection: str = "val"
+
+
+def run(params: Params, layout: Layout) -> dict:
+    """Fit `params.finetune.strategy` on the manifest's train (+ val) rows; write the model,
+    metrics/finetune.json and plots/finetune.csv; return the metrics."""
+    started = time.perf_counter()
+    p = params.finetune
+    check_params(p, str(layout.params))
+    df = read_manifest(layout.manifest)
+    rows = df.loc[df["split"].isin(["train", "val"])].reset_index(drop=True)
+    classes = class_names(df)
+    y = _label_indices(rows, classes, str(layout.manifest))
+    is_train = (rows["split"] == "train").to_numpy(copy=True)  # writable: torch indexes with it
+    feats = load_features(layout, params, rows)
+    backbone = params.features.backbone
+    pre = get_spec(backbone).preprocessing(params.features.image_size)
+    device = pick_device()
+
+    model = create_model(backbone, len(classes))
+    if p.strategy in FEATURE_HEADS:
+        out = _feature_head(model, feats, y, is_train, p)
+        selection = Selection(out.setting.get("C"), out.selection, out.val_accuracy, [])
+    elif p.strategy == "linear_probe":
+        mean, l2 = norm_parts(p.feature_norm, feats[is_train])
+        z = normalise(feats, mean, l2)
+        selection = select_c(z[is_train], y[is_train], z[~is_train], y[~is_train], p.c_grid,
+                             p.class_weight, len(classes), p.seed)
+        out = _linear_probe(model, z, y, is_train, selection, p, mean)
+    else:
+        selection = select_c(feats[is_train], y[is_train], feats[~is_train], y[~is_train],
+                             p.c_grid, p.class_weight, len(classes), p.seed)
+        probe = fit_probe(feats[is_train], y[is_train], selection.C, p.class_weight, len(classes))
+        probe.fold_into(model.classifier)
+        images = _decode(absolute_paths(rows, layout.manifest), pre, params.validate.max_pixels)
+        data = Data(images[is_train], torch.from_numpy(y[is_train]),
+                    images[~is_train], torch.from_numpy(y[~is_train]))
+        out = _finetune(model, data, pre, p, device, len(classes))
+
+    history = out.history
+    metrics = {
+        "strategy": p.strategy,
+        "val_accuracy": out.val_accuracy,
+        "train_accuracy": out.train_accuracy,
+        "epochs_run": history.epochs_run if history else 0,
+        "best_epoch": history.best_epoch if history else None,
+        "n_train": int(is_train.sum()),
+        "n_val": int((~is_train).sum()),
+        "n_classes": len(classes),
+        "C": selection.C,
+        "C_selection": selection.method,  # val | cv (no val rows) | single (one C, no val rows)
+        "feature_norm": p.feature_norm if p.strategy != "finetune" else "none",
+        **({"setting": out.setting, "candidates": out.candidates} if out.setting else {}),
+        "seconds": round(time.perf_counter() - started, 2),
+        "device": device.type,
+    }
+    save_checkpoint(layout.model, out.model.cpu(), backbone, classes, pre, head=out.head_spec,
+                    strategy=p.strategy, params=dataclasses.asdict(p), C=selection.C,
+                    val_accuracy=out.val_accuracy, epochs_run=metrics["epochs_run"],
+                    best_epoch=metrics["best_epoch"])
+    write_csv(layout.plots / "finetune.csv", out.csv_header, out.csv_rows)
+    write_json(layout.metrics("finetune"), metrics)
+    return metrics
+
+
+def _linear_probe(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
+                  selection: Selection, p: FinetuneParams, mean: np.ndarray | None) -> _Outcome:
+    """Refit on train + val with the chosen C (all the labels; see the module docstring).
+    `feats` are already normalised (`feature_norm`); the head repeats that normalisation."""
+    n_classes = model.classifier.out_features
+    probe = fit_probe(feats, y, selection.C, p.class_weight, n_classes)
+    spec = head_spec(p.feature_norm)
+    head = install_head(model, spec)
+    if mean is not None:
+        with torch.no_grad():
+            head[0].mean.copy_(torch.as_tensor(mean))
+    probe.fold_into(last_linear(head))
+    train_accuracy = float((probe.predict(feats[is_train]) == y[is_train]).mean())
+    csv_rows = [[i, c, acc] for i, (c, acc) in enumerate(selection.scores)]
+    return _Outcome(model, selection.accuracy, train_accuracy, PROBE_CSV, csv_rows,
+                    head_spec=spec)
+
+
+def _feature_head(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
+                  p: FinetuneParams) -> _Outcome:
+    """svm or prototype (graft.feature_fit), installed as the network's classifier."""
+    n_classes = model.classifier.out_features
+    settings = candidates(p.strategy, p.svm_kernels, p.svm_c_grid, p.svm_gamma_grid)
+    fitted = fit_strategy(p.strategy, feats, y, is_train, n_classes, p.feature_norm, settings,
+                          p.class_weight, p.seed)
+    model.classifier = fitted.head
+    logits = head_logits(fitted.head, feats[is_train])
+    train_accuracy = float((logits.argmax(1) == y[is_train]).mean())
+    header = ("step", "kernel", "C", "gamma_x", "val_accuracy")
+    rows = [[i, s.get("kernel", ""), s.get("C", ""), s.get("gamma_x", ""), s["val_accuracy"]]
+            for i, s in enumerate(fitted.scores)]
+    return _Outcome(model, fitted.val_accuracy, train_accuracy, header, rows,
+                    head_spec=fitted.spec, setting=fitted.setting, candidates=fitted.scores,
+                    selection=fitted.selection)
+
+
+def _finetune(model: torch.nn.Module, data: Data, pre: Preprocessing, p: FinetuneParams,
+              device: torch.device, n_classes: int) -> _Outcome:
+    history = train(model, data, pre, p, device, n_classes)
+    csv_rows = [[row[k] for k in EPOCH_CSV] for row in history.rows]
+    return _Outcome(model, history.best_val_accuracy, history.train_accuracy, EPOCH_CSV,
+                    csv_rows, history)
+
+
+def check_params(p: FinetuneParams, source: str = "params") -> None:
+    """Ranges the type check in graft.config cannot express; raises ConfigError naming the key."""
+    rules = [
+        ("c_grid", bool(p.c_grid) and all(c > 0 for c in p.c_grid), "a non-empty list of C > 0"),
+        ("epochs", p.epochs >= 1, "≥ 1"),
+        ("batch_size", p.batch_size >= 1, "≥ 1"),
+        ("lr", p.lr > 0, "> 0"),
+        ("backbone_lr", p.backbone_lr >= 0, "≥ 0"),
+        ("weight_decay", p.weight_decay >= 0, "≥ 0"),
+        ("freeze_blocks", 0 <= p.freeze_blocks <= 7, "between 0 and 7 (EfficientNet-Lite blocks)"),
+        ("l2sp", p.l2sp >= 0, "≥ 0"),
+        ("patience", p.patience >= 1, "≥ 1"),
+        ("feature_norm", p.strategy != "finetune" or p.feature_norm == "none",
+         "none with strategy finetune (it applies to the feature strategies only)"),
+        ("svm_kernels", bool(p.svm_kernels) and set(p.svm_kernels) <= {"linear", "rbf"},
+         "a non-empty list of linear, rbf"),
+        ("svm_c_grid", bool(p.svm_c_grid) and all(c > 0 for c in p.svm_c_grid),
+         "a non-empty list of C > 0"),
+        ("svm_gamma_grid", bool(p.svm_gamma_grid) and all(g > 0 for g in p.svm_gamma_grid),
+         "a non-empty list of multipliers > 0"),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{source}: finetune.{key} = {getattr(p, key)!r} must be {rule}")
+
+
+def _label_indices(rows: pd.DataFrame, classes: list[str], manifest: str) -> np.ndarray:
+    if len(classes) < 2:
+        raise FinetuneError(f"{manifest}: training rows have {len(classes)} class(es) "
+                            f"{classes}; a classifier needs at least 2")
+    unknown = sorted(set(rows["label"]) - set(classes))
+    if unknown:
+        raise FinetuneError(f"{manifest}: validation label(s) {unknown} have no training images")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array(rows["label"].map(index), dtype=np.int64)  # a copy: writable
+
+
+def _decode(paths: list, pre: Preprocessing, max_pixels: int) -> torch.Tensor:
+    """Every image decoded once, resized and cropped: uint8 (N, 3, S, S), ~150 KB each at 224."""
+    arrays = [pre.to_uint8(read_image(path, max_pixels)) for path in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,290 @@
+"""The `finetune` strategy's training loop: partial freezing, frozen BatchNorm, L2-SP, AdamW with
+a cosine schedule, early stopping on validation accuracy, mixed precision on CUDA.
+
+The defaults suit the few-shot regime, where naive full fine-tuning loses to a linear probe:
+BatchNorm running statistics stay at their ImageNet values (a batch of 16 images estimates them
+badly), the backbone learns ten times slower than the head, and L2-SP (Li et al. 2018, "Explicit
+inductive bias for transfer learning with convolutional networks") pulls the trainable backbone
+weights towards their pretrained values instead of towards zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from graft.augment import augment_batch, build_augment, normalise
+from graft.config import FinetuneParams
+from graft.images import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Data:
+    """Images decoded once: uint8 (N, 3, S, S) on the CPU, labels int64 (N,)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+@dataclass
+class History:
+    """One row per epoch (epoch, train_loss, val_loss, val_accuracy, lr: the head's at the
+    epoch's start). Row 0 is the network before any update, the probe-initialised head; its
+    train_loss is measured like val_loss (eval mode, no augmentation), later ones are the mean
+    loss of the epoch's augmented training batches."""
+
+    rows: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float | None = None
+    train_accuracy: float = float("nan")  # of the returned weights, eval mode, no augmentation
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.rows) - 1
+
+
+@dataclass
+class Step:
+    """What one optimisation step needs."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # None: plain fp32
+    l2sp: float
+    anchors: list[tuple[nn.Parameter, torch.Tensor]]  # (trainable backbone weight, pretrained copy)
+
+
+def freeze(model: nn.Module, n_blocks: int) -> list[nn.Module]:
+    """Stop gradients in the stem and the first `n_blocks` of `model.blocks`; return those
+    modules. 0 freezes nothing (full fine-tuning)."""
+    if not 0 <= n_blocks <= len(model.blocks):
+        raise ValueError(f"freeze_blocks={n_blocks}: the model has {len(model.blocks)} blocks")
+    frozen = [model.conv_stem, model.bn1, *model.blocks[:n_blocks]] if n_blocks else []
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def set_train_mode(model: nn.Module, bn_train: bool, frozen: list[nn.Module]) -> None:
+    """Train mode (dropout on), except BatchNorm in eval mode, so its running statistics stay
+    frozen, unless `bn_train`; BatchNorm inside frozen modules never updates."""
+    model.train()
+    for module in frozen:
+        module.eval()
+    if not bn_train:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def param_groups(model: nn.Module, p: FinetuneParams) -> list[dict]:
+    """Head at `lr`, trainable backbone at `backbone_lr`. With L2-SP the backbone gets no weight
+    decay: the L2-SP term already regularises it, towards the pretrained weights, not zero."""
+    head = [q for q in model.classifier.parameters() if q.requires_grad]
+    head_ids = {id(q) for q in head}
+    body = [q for q in model.parameters() if q.requires_grad and id(q) not in head_ids]
+    groups = [{"params": head, "lr": p.lr, "weight_decay": p.weight_decay}]
+    if body:
+        body_decay = 0.0 if p.l2sp > 0 else p.weight_decay
+        groups.append({"params": body, "lr": p.backbone_lr, "weight_decay": body_decay})
+    return groups
+
+
+def l2sp_penalty(anchors: list[tuple[nn.Parameter, torch.Tensor]]) -> torch.Tensor:
+    """Σ ‖θ − θ₀‖² over the anchored (trainable backbone) weights, in fp32."""
+    return sum(((q.float() - q0) ** 2).sum() for q, q0 in anchors)
+
+
+def train_step(step: Step, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One AdamW update on a normalised batch; returns the task loss (without L2-SP)."""
+    step.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=step.amp_dtype, enabled=step.amp_dtype is not None):
+        loss = step.criterion(step.model(x), y)
+    total = loss.float()
+    if step.l2sp > 0:
+        total = total + step.l2sp * l2sp_penalty(step.anchors)
+    step.scaler.scale(total).backward()
+    step.scaler.step(step.optimizer)
+    step.scaler.update()
+    return float(loss.detach())
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, pre: Preprocessing, batch_size: int,
+    device: torch.device, amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode without augmentation."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        xb = _to_device(x[i : i + batch_size], device)
+        yb = y[i : i + batch_size].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(normalise(xb, pre)).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return loss_sum / len(y), correct / len(y)
+
+
+def train(
+    model: nn.Module, data: Data, pre: Preprocessing, p: FinetuneParams, device: torch.device,
+    n_classes: int,
+) -> History:
+    """Train `model` in place and leave it holding the weights of the best validation epoch
+    (epoch 0, the untouched start, included: training never returns a network worse on
+    validation than the probe it started from). Stops after `patience` epochs without
+    improvement. Without validation rows: all epochs, last weights."""
+    torch.manual_seed(p.seed)  # dropout and augmentation draw from the global generator
+    np.random.seed(p.seed)
+    order = torch.Generator().manual_seed(p.seed)  # batch order
+    frozen = freeze(model, p.freeze_blocks)
+    step = _prepare(model, data, p, device, n_classes)
+    data = _resident(data, device)
+    sizes = _batch_sizes(len(data.y_train), p.batch_size, drop_single=p.bn_train)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(step.optimizer,
+                                                           T_max=p.epochs * len(sizes))
+    augment = build_augment(pre.size) if p.augment else None
+
+    def scores(x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
+        if len(y) == 0:
+            return None, None
+        return evaluate(model, x, y, pre, p.batch_size, device, step.amp_dtype)
+
+    history = History()
+    train_loss, _ = scores(data.x_train, data.y_train)
+    val_loss, val_acc = scores(data.x_val, data.y_val)
+    history.rows.append(_row(0, train_loss, val_loss, val_acc, None))
+    history.best_val_accuracy = val_acc
+    best_state = _cpu_state(model) if val_acc is not None else None
+    # Best = highest val accuracy, ties broken by lower val loss: with tens of validation images
+    # accuracy moves in coarse steps and ties are common.
+    best_score = (val_acc, -val_loss) if val_acc is not None else None
+    stale = 0  # epochs since the last improvement
+    for epoch in range(1, p.epochs + 1):
+        lr = step.optimizer.param_groups[0]["lr"]  # the head's, at the start of the epoch
+        set_train_mode(model, p.bn_train, frozen)
+        loss_sum = 0.0  # summed over images, for the epoch's mean
+        for idx in _shuffled(len(data.y_train), sizes, order):
+            xb = _to_device(data.x_train[idx], device)
+            if augment is not None:
+                xb = augment_batch(xb, augment)
+            yb = data.y_train[idx].to(device, non_blocking=True)
+            loss_sum += train_step(step, normalise(xb, pre), yb) * len(idx)
+            scheduler.step()
+        val_loss, val_acc = scores(data.x_val, data.y_val)
+        history.rows.append(_row(epoch, loss_sum / sum(sizes), val_loss, val_acc, lr))
+        log.info("epoch %d: %s", epoch, history.rows[-1])
+        if val_acc is None:
+            history.best_epoch = epoch
+        elif (val_acc, -val_loss) > best_score:
+            best_score = (val_acc, -val_loss)
+            history.best_epoch, history.best_val_accuracy = epoch, val_acc
+            best_state, stale = _cpu_state(model), 0
+        else:
+            stale += 1
+            if stale >= p.patience:
+                log.info("early stop after epoch %d: no val improvement in %d", epoch, stale)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history.train_accuracy = scores(data.x_train, data.y_train)[1]
+    model.to(memory_format=torch.contiguous_format)
+    return history
+
+
+def _prepare(model: nn.Module, data: Data, p: FinetuneParams, device: torch.device,
+             n_classes: int) -> Step:
+    """Model on the device (channels_last on CUDA), optimizer, loss, AMP and L2-SP anchors."""
+    model.to(device)
+    amp_dtype = None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: the autotuned kernels pay off
+        model.to(memory_format=torch.channels_last)
+        if p.amp:
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    head_ids = {id(q) for q in model.classifier.parameters()}
+    anchors = [(q, q.detach().clone().float()) for q in model.parameters()
+               if q.requires_grad and id(q) not in head_ids] if p.l2sp > 0 else []
+    weight = _class_weights(data.y_train, n_classes, p)
+    return Step(
+        model=model,
+        criterion=nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device)),
+        optimizer=torch.optim.AdamW(param_groups(model, p)),
+        # loss scaling only for fp16: bf16 has fp32's exponent range
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype,
+        l2sp=p.l2sp,
+        anchors=anchors,
+    )
+
+
+def _batch_sizes(n: int, batch_size: int, drop_single: bool) -> list[int]:
+    """Sizes of one epoch's batches; a trailing batch of one image is dropped when BatchNorm
+    trains (the batch statistics of one image at a 1×1 feature map are undefined)."""
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    if drop_single and len(sizes) > 1 and sizes[-1] == 1:
+        sizes.pop()
+    return sizes
+
+
+def _shuffled(n: int, sizes: list[int], generator: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    starts = np.cumsum([0, *sizes[:-1]])
+    return [perm[s : s + k] for s, k in zip(starts, sizes, strict=True)]
+
+
+def _class_weights(y: torch.Tensor, n_classes: int, p: FinetuneParams) -> torch.Tensor | None:
+    """'balanced': n / (k · n_c), as scikit-learn's class_weight='balanced'."""
+    if p.class_weight == "none":
+        return None
+    counts = torch.bincount(y, minlength=n_classes).float()
+    return len(y) / (n_classes * counts)
+
+
+def _resident(data: Data, device: torch.device, max_fraction: float = 0.25) -> Data:
+    """On CUDA, the uint8 images moved to the GPU once when they take at most `max_fraction`
+    of its free memory (a few-shot set is megabytes), so no epoch waits on host copies and
+    augmentation runs on the GPU; otherwise (and on the CPU) unchanged."""
+    if device.type != "cuda":
+        return data
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    needed = sum(t.numel() * t.element_size() for t in (data.x_train, data.x_val))
+    if needed > max_fraction * free_bytes:
+        log.info("images stay on the host: %d MB > %.0f%% of free GPU memory",
+                 needed >> 20, 100 * max_fraction)
+        return data
+    return Data(data.x_train.to(device), data.y_train.to(device), data.x_val.to(device),
+                data.y_val.to(device))
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on `device`: pinned host memory and an asynchronous copy when it is not there
+    yet; channels_last on CUDA."""
+    if device.type != "cuda":
+        return x
+    if x.device.type != "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _row(epoch: int, train_loss: float, val_loss: float | None, val_acc: float | None,
+         lr: float | None) -> dict:
+    return {"epoch": epoch, "train_loss": round(train_loss, 6),
+            "val_loss": None if val_loss is None else round(val_loss, 6),
+            "val_accuracy": val_acc, "lr": lr if lr is None else float(f"{lr:.6g}")}
+
