@@ -1,4 +1,4 @@
-"""What Prefect costs per stage: one stage run in-process, as an ephemeral flow, and against a server.
+"""What Prefect costs per stage: a stage run in-process, as an ephemeral flow, and against a server.
 
     python benchmarks/orchestration.py [--stage validate] [--root .] [--repeats 3]
 

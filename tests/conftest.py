@@ -22,8 +22,9 @@ BIN = Path(sys.executable).parent
 
 
 def make_pattern_images(root: Path, per_class: int, size: int = 40, seed: int = 0,
-                        classes: tuple[str, ...] = ("circle", "stripes", "square")) -> Path:
-    """Write `root/<class>/<i>.png`: three visually distinct classes with random jitter."""
+                        classes: tuple[str, ...] = ("circle", "stripes", "square"),
+                        prefix: str = "") -> Path:
+    """Write `root/<class>/<prefix><class>_<i>.png`: visually distinct classes, random jitter."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     for label in classes:
@@ -43,7 +44,7 @@ def make_pattern_images(root: Path, per_class: int, size: int = 40, seed: int = 
             img = np.full((size, size, 3), 245, np.uint8)
             img[mask] = color
             img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / label / f"{label}_{i:03d}.png")
+            Image.fromarray(img).save(root / label / f"{prefix}{label}_{i:03d}.png")
     return root
 
 
@@ -82,7 +83,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+            tail = (home / "server.log").read_text()[-2000:]
+            pytest.fail(f"prefect server did not start: {tail}")
         time.sleep(0.5)
     yield url
     proc.terminate()
@@ -98,5 +100,6 @@ def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(REPO / name, dest / name)
-    shutil.copytree(REPO / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "src", dest / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dest

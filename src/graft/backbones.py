@@ -93,7 +93,8 @@ def _load_by_position(model: nn.Module, source: dict[str, torch.Tensor], keep_he
     for key, (src_key, tensor) in zip(body_keys, src_items, strict=True):
         if tensor.shape != target[key].shape:
             raise RuntimeError(
-                f"weight {src_key} {tuple(tensor.shape)} does not fit {key} {tuple(target[key].shape)}"
+                f"weight {src_key} {tuple(tensor.shape)} does not fit "
+                f"{key} {tuple(target[key].shape)}"
             )
         new_state[key] = tensor
     missing, _ = model.load_state_dict(new_state, strict=False)

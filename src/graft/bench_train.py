@@ -12,6 +12,7 @@ import os
 import statistics
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,7 +71,8 @@ def _step(backbone: str, n_classes: int, device: torch.device, fmt: torch.memory
     return Step(model=model, criterion=nn.CrossEntropyLoss(),
                 optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
                 scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                amp_dtype=amp_dtype, l2sp=0.0, anchors=[])
+                amp_dtype=amp_dtype, rng=np.random.default_rng(0), mixup=0.0, cutmix=0.0,
+                l2sp=0.0, anchors=[])
 
 
 def markdown_train(report: dict[str, Any]) -> str:
@@ -81,5 +83,5 @@ def markdown_train(report: dict[str, Any]) -> str:
              "| config | device | batch | img/s |", "|---|---|---:|---:|"]
     lines += [f"| {r['config']} | {r['device']} | {r['batch_size']} | {r['images_per_s']} |"
               for r in report["rows"]]
-    lines += [f"\nskipped: {s}" for s in report["skipped"]]
+    lines += [""] + [f"skipped {s}" for s in report["skipped"]]
     return "\n".join(lines)

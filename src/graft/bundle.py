@@ -66,6 +66,7 @@ def build_bundle(layout: Layout, out: Path | None = None) -> dict[str, Any]:
     with atomic_output(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in files:
             zf.write(out / name, f"{out.name}/{name}")
+    zip_path.chmod(0o644)  # made by mkstemp (0600); meant to be copied to other machines
     return {"folder": str(out), "zip": str(zip_path), "files": files}
 
 

@@ -197,5 +197,25 @@ def bench(
     typer.echo(f"{text}\n\nwritten to {out}")
 
 
+
+@app.command()
+def rank(
+    root: Root = Path("."),
+    params: ParamsFile = None,
+    backbone: Annotated[list[str] | None, typer.Option(help="Default: every known one.")] = None,
+) -> None:
+    """Rank backbones by LogME and H-score on the training features (computes missing ones);
+    prints the table, writes metrics/rank.json."""
+    from graft.config import load_params
+    from graft.rank import run as rank_backbones
+    from graft.rank import table
+
+    layout = Layout(root)
+    try:
+        result = rank_backbones(load_params(params or layout.params), layout, backbone)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"{table(result)}\n\nbest: {result['best']}; written to {layout.rank}")
+
 if __name__ == "__main__":  # python -m graft.cli
     sys.exit(app())

@@ -49,7 +49,8 @@ class FeaturesParams:
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    strategy: Literal["linear_probe", "svm", "prototype", "finetune"] = "linear_probe"
+    strategy: Literal["linear_probe", "svm", "prototype", "finetune", "lp_ft", "auto"] = (
+        "linear_probe")
     seed: int = 0
     # feature strategies (linear_probe, svm, prototype): transform of the cached embeddings,
     # built into the saved head (graft.heads); center = minus the training-feature mean
@@ -73,6 +74,14 @@ class FinetuneParams:
     l2sp: float = 0.0  # λ in λ‖θ − θ_pretrained‖² over the trainable backbone weights
     patience: int = 5  # epochs without val improvement before stopping
     amp: bool = True  # autocast on CUDA only
+    # finetune / lp_ft: lr of a backbone layer = backbone_lr · llrd^d, d its depth below the top
+    # (conv_head 0, blocks[6] 1, …, blocks[0] 7, stem 8); 1.0 = one backbone lr
+    llrd: float = 1.0
+    label_smoothing: float = 0.0  # ε of the training loss (validation loss stays plain CE)
+    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: class-balanced oversampling
+    mixup: float = 0.0  # Beta(α, α) of mixup; 0 = off
+    cutmix: float = 0.0  # Beta(α, α) of cutmix; 0 = off (both on: one of the two per batch)
+    budget_s: float = 600.0  # auto: wall-clock seconds for trying strategies
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,8 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
             f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
         )
     sections = {
-        name: _build(cls, raw.get(name) or {}, f"{source}: {name}") for name, cls in SECTIONS.items()
+        name: _build(cls, raw.get(name) or {}, f"{source}: {name}")
+        for name, cls in SECTIONS.items()
     }
     return Params(**sections)
 

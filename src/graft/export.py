@@ -95,7 +95,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
         accuracy = {name: float((logits[name].argmax(1) == y_test).mean()) for name in files}
         limits = {"int8": cfg.max_int8_drop, "fp16": cfg.max_fp16_drop}
         failures, variants = [], {}
-        for name in files.keys() - {"fp32"}:
+        for name in [n for n in files if n != "fp32"]:
             drop = 100 * (accuracy["fp32"] - accuracy[name])  # accuracy points
             variants[name] = {**compare(logits["fp32"], logits[name]), "accuracy": accuracy[name],
                               "accuracy_drop_points": round(drop, 3),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from graft.backbones import create_model, get_spec
 from graft.config import Params
@@ -56,14 +57,13 @@ def load_features(layout: Layout, params: Params, df: pd.DataFrame) -> np.ndarra
     return np.stack([store[s] for s in df["sha256"]]).astype(np.float32)
 
 
-def run(params: Params, layout: Layout) -> dict:
-    started = time.perf_counter()
+def embed_missing(layout: Layout, params: Params, df: pd.DataFrame
+                  ) -> tuple[dict[str, np.ndarray], pd.DataFrame, torch.device, float]:
+    """Embed the `df` rows whose content the store lacks and write the store back when there
+    were any: (store, rows computed, device, seconds spent computing)."""
     cfg = params.features
-    spec = get_spec(cfg.backbone)
-    df = read_manifest(layout.manifest)
     path = store_path(layout, params)
     store = read_store(path)
-
     todo = df.loc[~df["sha256"].isin(list(store))].drop_duplicates("sha256")
     device = pick_device()
     compute_s = 0.0
@@ -71,11 +71,20 @@ def run(params: Params, layout: Layout) -> dict:
         model = create_model(cfg.backbone, num_classes=0)
         t0 = time.perf_counter()
         vectors = run_model(model, absolute_paths(todo, layout.manifest),
-                            spec.preprocessing(cfg.image_size), cfg.batch_size, device,
-                            params.validate.max_pixels)
+                            get_spec(cfg.backbone).preprocessing(cfg.image_size), cfg.batch_size,
+                            device, params.validate.max_pixels)
         compute_s = time.perf_counter() - t0
         store.update(zip(todo["sha256"], vectors, strict=True))
         write_store(path, store)
+    return store, todo, device, compute_s
+
+
+def run(params: Params, layout: Layout) -> dict:
+    started = time.perf_counter()
+    cfg = params.features
+    df = read_manifest(layout.manifest)
+    path = store_path(layout, params)
+    store, todo, device, compute_s = embed_missing(layout, params, df)
 
     dim = next(iter(store.values())).shape[0] if store else 0
     metrics = {

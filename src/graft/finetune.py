@@ -12,9 +12,18 @@ Strategies (`finetune.strategy`):
   SVMs, linear or RBF, or cosine nearest class mean), shipped as graft.heads layers. With
   `feature_norm` (center, l2) the linear probe and these heads normalise the embeddings first,
   and the saved head does the same.
-- `finetune`: the network itself is trained (see graft.training), starting from the linear probe
-  fitted on the training rows only (the validation rows stay unseen for early stopping). A probe
-  head is cheap and keeps the first gradients from wrecking good features with a random head.
+- `finetune`: the network itself is trained (see graft.training) from a zero-initialised head
+  (all logits 0 at the start, so the first updates move the head only: its gradient into the
+  backbone is Wᵀ(p − y) = 0), head at `lr`, backbone at `backbone_lr`.
+- `lp_ft` (Kumar et al. 2022, "Fine-tuning can distort pretrained features"): first the linear
+  probe, fitted to convergence on the training rows only (C chosen on val; the validation rows
+  stay unseen for early stopping), then every trainable weight, the head included, fine-tuned at
+  the small `backbone_lr`. Starting from a good head keeps the first gradients from distorting
+  the pretrained features, which is what a random head does.
+- `auto`: graft.auto scores the feature strategies (and their settings) on val, or by repeated
+  stratified k-fold on train + val when val is small, then tries lp_ft when the rest of
+  `budget_s` fits its estimated time (from its first epoch); the best is refitted as that
+  strategy. metrics/finetune.json records every candidate's score under `auto`.
 
 Outputs: models/model.pt, metrics/finetune.json and plots/finetune.csv (per epoch; for
 linear_probe one row per C tried), each written atomically: a crash leaves the previous ones.
@@ -23,13 +32,16 @@ linear_probe one row per C tried), each written atomically: a crash leaves the p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
+from graft import auto
 from graft.backbones import create_model, get_spec
 from graft.checkpoint import save_checkpoint
 from graft.config import ConfigError, FinetuneParams, Params
@@ -42,12 +54,13 @@ from graft.inference import pick_device
 from graft.layout import Layout
 from graft.manifest import absolute_paths, class_names, read_manifest
 from graft.probe import Selection, fit_probe, select_c
-from graft.training import Data, History, train
+from graft.training import BudgetExceeded, Data, History, train
 
 log = logging.getLogger(__name__)
 
 PROBE_CSV = ("step", "C", "val_accuracy")
 FEATURE_HEADS = ("svm", "prototype")  # graft.feature_fit strategies
+NETWORK = ("finetune", "lp_ft")  # strategies that train the network (graft.training)
 EPOCH_CSV = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
 
 
@@ -67,6 +80,23 @@ class _Outcome:
     setting: dict | None = None  # svm/prototype: the chosen setting and its temperature
     candidates: list[dict] | None = None  # svm/prototype: every setting tried, with val score
     selection: str = "val"
+    probe_selection: Selection | None = None  # the C chosen for a linear_probe / lp_ft head
+    auto: dict | None = None  # the auto search: every candidate and the chosen one
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """What every strategy fits on: the train + val rows, their labels and embeddings."""
+
+    rows: pd.DataFrame
+    y: np.ndarray
+    is_train: np.ndarray
+    feats: np.ndarray
+    backbone: str
+    n_classes: int
+    pre: Preprocessing
+    device: torch.device
+    images: Callable[[], torch.Tensor]  # uint8 (N, 3, S, S), decoded on the first call only
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -80,32 +110,16 @@ def run(params: Params, layout: Layout) -> dict:
     classes = class_names(df)
     y = _label_indices(rows, classes, str(layout.manifest))
     is_train = (rows["split"] == "train").to_numpy(copy=True)  # writable: torch indexes with it
-    feats = load_features(layout, params, rows)
     backbone = params.features.backbone
     pre = get_spec(backbone).preprocessing(params.features.image_size)
-    device = pick_device()
-
-    model = create_model(backbone, len(classes))
-    if p.strategy in FEATURE_HEADS:
-        out = _feature_head(model, feats, y, is_train, p)
-        selection = Selection(out.setting.get("C"), out.selection, out.val_accuracy, [])
-    elif p.strategy == "linear_probe":
-        mean, l2 = norm_parts(p.feature_norm, feats[is_train])
-        z = normalise(feats, mean, l2)
-        selection = select_c(z[is_train], y[is_train], z[~is_train], y[~is_train], p.c_grid,
-                             p.class_weight, len(classes), p.seed)
-        out = _linear_probe(model, z, y, is_train, selection, p, mean)
-    else:
-        selection = select_c(feats[is_train], y[is_train], feats[~is_train], y[~is_train],
-                             p.c_grid, p.class_weight, len(classes), p.seed)
-        probe = fit_probe(feats[is_train], y[is_train], selection.C, p.class_weight, len(classes))
-        probe.fold_into(model.classifier)
-        images = _decode(absolute_paths(rows, layout.manifest), pre, params.validate.max_pixels)
-        data = Data(images[is_train], torch.from_numpy(y[is_train]),
-                    images[~is_train], torch.from_numpy(y[~is_train]))
-        out = _finetune(model, data, pre, p, device, len(classes))
-
-    history = out.history
+    images = functools.cache(lambda: _decode(absolute_paths(rows, layout.manifest), pre,
+                                             params.validate.max_pixels))
+    inputs = _Inputs(rows, y, is_train, load_features(layout, params, rows), backbone,
+                     len(classes), pre, pick_device(), images)
+    out = _auto(p, inputs) if p.strategy == "auto" else _fit(p, inputs)
+    selection = out.probe_selection or Selection(None, None, None, [])
+    history, device = out.history, inputs.device
+    fitted = auto.as_params(p, out.auto["chosen"]) if out.auto else p  # what was fitted
     metrics = {
         "strategy": p.strategy,
         "val_accuracy": out.val_accuracy,
@@ -117,18 +131,82 @@ def run(params: Params, layout: Layout) -> dict:
         "n_classes": len(classes),
         "C": selection.C,
         "C_selection": selection.method,  # val | cv (no val rows) | single (one C, no val rows)
-        "feature_norm": p.feature_norm if p.strategy != "finetune" else "none",
+        "feature_norm": fitted.feature_norm if fitted.strategy not in NETWORK else "none",
         **({"setting": out.setting, "candidates": out.candidates} if out.setting else {}),
+        **({"auto": out.auto} if out.auto else {}),
         "seconds": round(time.perf_counter() - started, 2),
         "device": device.type,
     }
     save_checkpoint(layout.model, out.model.cpu(), backbone, classes, pre, head=out.head_spec,
-                    strategy=p.strategy, params=dataclasses.asdict(p), C=selection.C,
+                    strategy=p.strategy, fitted_strategy=fitted.strategy,
+                    params=dataclasses.asdict(fitted), C=selection.C,
                     val_accuracy=out.val_accuracy, epochs_run=metrics["epochs_run"],
                     best_epoch=metrics["best_epoch"])
     write_csv(layout.plots / "finetune.csv", out.csv_header, out.csv_rows)
     write_json(layout.metrics("finetune"), metrics)
     return metrics
+
+
+def _fit(p: FinetuneParams, d: _Inputs, budget_s: float | None = None) -> _Outcome:
+    """Fit one (non-auto) strategy on a fresh pretrained network."""
+    model = create_model(d.backbone, d.n_classes)
+    y, is_train, feats = d.y, d.is_train, d.feats
+    if p.strategy in FEATURE_HEADS:
+        out = _feature_head(model, feats, y, is_train, p)
+        out.probe_selection = Selection(out.setting.get("C"), out.selection, out.val_accuracy, [])
+        return out
+    if p.strategy == "linear_probe":
+        mean, l2 = norm_parts(p.feature_norm, feats[is_train])
+        z = normalise(feats, mean, l2)
+        selection = select_c(z[is_train], y[is_train], z[~is_train], y[~is_train], p.c_grid,
+                             p.class_weight, d.n_classes, p.seed)
+        return _linear_probe(model, z, y, is_train, selection, p, mean)
+    selection = None
+    if p.strategy == "lp_ft":
+        selection = select_c(feats[is_train], y[is_train], feats[~is_train], y[~is_train],
+                             p.c_grid, p.class_weight, d.n_classes, p.seed)
+        probe = fit_probe(feats[is_train], y[is_train], selection.C, p.class_weight, d.n_classes)
+        probe.fold_into(model.classifier)
+    else:  # finetune: a zero head, every class equally likely at the start
+        torch.nn.init.zeros_(model.classifier.weight)
+        torch.nn.init.zeros_(model.classifier.bias)
+    images = d.images()
+    data = Data(images[is_train], torch.from_numpy(y[is_train]),
+                images[~is_train], torch.from_numpy(y[~is_train]))
+    history = train(model, data, d.pre, p, d.device, d.n_classes, budget_s)
+    csv_rows = [[row[k] for k in EPOCH_CSV] for row in history.rows]
+    return _Outcome(model, history.best_val_accuracy, history.train_accuracy, EPOCH_CSV,
+                    csv_rows, history, probe_selection=selection)
+
+
+def _auto(p: FinetuneParams, d: _Inputs) -> _Outcome:
+    """Score the feature candidates, then lp_ft if the budget allows; refit the best."""
+    started = time.perf_counter()
+    method = auto.scoring_method(d.y, d.is_train, d.n_classes)
+    scored = auto.score_candidates(auto.feature_candidates(p), d.feats, d.y, d.is_train,
+                                   d.n_classes, p, method, started + p.budget_s)
+    lp_ft: dict = {"strategy": "lp_ft"}
+    lp_out = None
+    remaining = p.budget_s - (time.perf_counter() - started)
+    if method != "val":
+        lp_ft["skipped"] = (f"val has < {auto.MIN_VAL_PER_CLASS} images of some class and "
+                            "repeated k-fold of a network is beyond the budget")
+    elif remaining <= 0:
+        lp_ft["skipped"] = "budget_s spent"
+    else:
+        t0 = time.perf_counter()
+        try:
+            lp_out = _fit(dataclasses.replace(p, strategy="lp_ft"), d, budget_s=remaining)
+            lp_ft |= {"score": lp_out.val_accuracy,
+                      "seconds": round(time.perf_counter() - t0, 2)}
+        except BudgetExceeded as exc:
+            lp_ft["skipped"] = str(exc)
+    scored.append(lp_ft)
+    chosen = scored[auto.best(scored)]
+    out = lp_out if chosen is lp_ft else _fit(auto.as_params(p, chosen), d)
+    out.auto = {"chosen": chosen, "selection": method, "budget_s": p.budget_s,
+                "search_seconds": round(time.perf_counter() - started, 2), "candidates": scored}
+    return out
 
 
 def _linear_probe(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
@@ -146,7 +224,7 @@ def _linear_probe(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_t
     train_accuracy = float((probe.predict(feats[is_train]) == y[is_train]).mean())
     csv_rows = [[i, c, acc] for i, (c, acc) in enumerate(selection.scores)]
     return _Outcome(model, selection.accuracy, train_accuracy, PROBE_CSV, csv_rows,
-                    head_spec=spec)
+                    head_spec=spec, probe_selection=selection)
 
 
 def _feature_head(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
@@ -167,14 +245,6 @@ def _feature_head(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_t
                     selection=fitted.selection)
 
 
-def _finetune(model: torch.nn.Module, data: Data, pre: Preprocessing, p: FinetuneParams,
-              device: torch.device, n_classes: int) -> _Outcome:
-    history = train(model, data, pre, p, device, n_classes)
-    csv_rows = [[row[k] for k in EPOCH_CSV] for row in history.rows]
-    return _Outcome(model, history.best_val_accuracy, history.train_accuracy, EPOCH_CSV,
-                    csv_rows, history)
-
-
 def check_params(p: FinetuneParams, source: str = "params") -> None:
     """Ranges the type check in graft.config cannot express; raises ConfigError naming the key."""
     rules = [
@@ -187,8 +257,13 @@ def check_params(p: FinetuneParams, source: str = "params") -> None:
         ("freeze_blocks", 0 <= p.freeze_blocks <= 7, "between 0 and 7 (EfficientNet-Lite blocks)"),
         ("l2sp", p.l2sp >= 0, "≥ 0"),
         ("patience", p.patience >= 1, "≥ 1"),
-        ("feature_norm", p.strategy != "finetune" or p.feature_norm == "none",
-         "none with strategy finetune (it applies to the feature strategies only)"),
+        ("feature_norm", p.strategy not in NETWORK or p.feature_norm == "none",
+         "none with strategies finetune and lp_ft (it applies to the feature strategies only)"),
+        ("llrd", 0 < p.llrd <= 1, "in (0, 1]"),
+        ("label_smoothing", 0 <= p.label_smoothing < 1, "in [0, 1)"),
+        ("mixup", p.mixup >= 0, "≥ 0"),
+        ("cutmix", p.cutmix >= 0, "≥ 0"),
+        ("budget_s", p.budget_s > 0, "> 0"),
         ("svm_kernels", bool(p.svm_kernels) and set(p.svm_kernels) <= {"linear", "rbf"},
          "a non-empty list of linear, rbf"),
         ("svm_c_grid", bool(p.svm_c_grid) and all(c > 0 for c in p.svm_c_grid),

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 from pathlib import Path
 
-from graft.layout import STAGES
+import graft.prefect_defaults  # noqa: F401  (before prefect: its settings are read at import)
 
-# No network here or on many users' boxes: Prefect must not try to phone home.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# isort: split
+from prefect import Flow, flow
+from prefect.artifacts import create_markdown_artifact
 
-from prefect import Flow, flow  # noqa: E402  (after the environment default above)
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
-
-from graft.config import load_params  # noqa: E402
-from graft.layout import Layout  # noqa: E402
+from graft.config import load_params
+from graft.layout import STAGES, Layout
 
 
 def run_stage(stage: str, root: str | Path = ".", params_path: str | Path | None = None) -> dict:

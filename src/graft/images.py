@@ -63,7 +63,8 @@ def _open(path: Path | str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError(path, "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"too many pixels, refused as a decompression bomb ({exc})") from None
+        raise ImageError(path, f"too many pixels, refused as a decompression bomb ({exc})") \
+            from None
     except OSError as exc:
         raise ImageError(path, f"cannot open image ({exc})") from None
     if img.width * img.height > max_pixels:

@@ -65,6 +65,11 @@ class Layout:
     def plots(self) -> Path:
         return self.root / "plots"
 
+    @property
+    def rank(self) -> Path:
+        """`graft rank`'s backbone ranking (not a DVC stage, so not under `metrics(stage)`)."""
+        return self.root / "metrics" / "rank.json"
+
     def metrics(self, stage: str) -> Path:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")

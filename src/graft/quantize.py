@@ -10,6 +10,8 @@ preprocessing. Whether the result is good enough is decided by the export stage'
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,18 +87,19 @@ def quantize_int8(
         # under 1 without), and at 1280×C multiply-adds it costs nothing to keep.
         head = [n.name for n in onnx.load(str(prepared)).graph.node
                 if n.op_type in ("Gemm", "MatMul")]
-        quantize_static(
-            str(prepared), str(out_path),
-            _ArrayReader(input_name, calibration.astype(np.float32), batch_size),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,  # 7-bit weights: for CPUs without VNNI (U8S8 saturation)
-            activation_type=types[activation_type],
-            weight_type=types[weight_type],
-            calibrate_method=methods[method],
-            nodes_to_exclude=head,
-            calibration_providers=["CPUExecutionProvider"],
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # its progress prints, not our output
+            quantize_static(
+                str(prepared), str(out_path),
+                _ArrayReader(input_name, calibration.astype(np.float32), batch_size),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,  # 7-bit weights: for CPUs without VNNI (U8S8 saturation)
+                activation_type=types[activation_type],
+                weight_type=types[weight_type],
+                calibrate_method=methods[method],
+                nodes_to_exclude=head,
+                calibration_providers=["CPUExecutionProvider"],
+            )
     return {"calibration": method, "n_calibration_images": int(len(calibration)),
             "per_channel": per_channel, "reduce_range": reduce_range, "float_nodes": head,
             "activation_type": activation_type, "weight_type": weight_type, "format": "QDQ"}

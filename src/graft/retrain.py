@@ -26,17 +26,18 @@ from typing import Any
 import pandas as pd
 import yaml
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: never phone home
+import graft.prefect_defaults  # noqa: F401  (before prefect: its settings are read at import)
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+# isort: split
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from graft import gate, registry  # noqa: E402
-from graft.config import load_params, params_from_dict  # noqa: E402
-from graft.files import sha256_file, write_json, write_text  # noqa: E402
-from graft.layout import Layout  # noqa: E402
-from graft.manifest import read_manifest  # noqa: E402
-from graft.retrain_report import commit_message, markdown, table_rows  # noqa: E402
+from graft import gate, registry
+from graft.config import load_params, params_from_dict
+from graft.files import sha256_file, write_json, write_text
+from graft.layout import Layout
+from graft.manifest import read_manifest
+from graft.retrain_report import commit_message, markdown, table_rows
 
 
 class RetrainError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from graft.evaluate import summary_lines as evaluation_lines
 from graft.layout import Layout
 
 
@@ -14,30 +15,17 @@ def _read(layout: Layout, stage: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def summary_lines(layout: Layout) -> list[str]:
+    """Data, strategy, the evaluation (accuracy vs baselines, transfer gain), the model files."""
     ingest, finetune, evaluate = (_read(layout, s) for s in ("ingest", "finetune", "evaluate"))
-    lo, hi = evaluate["accuracy_ci"]
+    splits = ", ".join(f"{ingest[f'n_{s}']} {s}" for s in ("train", "val", "test"))
+    val = finetune.get("val_accuracy")
     lines = [
-        "Graft summary",
-        f"  data       {ingest.get('source', '?')}: "
-        + ", ".join(f"{ingest.get(f'n_{s}', '?')} {s}" for s in ("train", "val", "test"))
-        + f" images, {evaluate.get('n_classes', len(evaluate.get('class_names', [])))} classes",
-        f"  strategy   {finetune.get('strategy')} (val accuracy "
-        f"{_pct(finetune['val_accuracy']) if finetune.get('val_accuracy') is not None else 'n/a'})",
-        f"  test acc   {_pct(evaluate['accuracy'])}  (95% CI {_pct(lo)}–{_pct(hi)}), "
-        f"macro-F1 {_pct(evaluate['macro_f1'])}",
+        f"data: {ingest['source']}, {ingest['n_classes']} classes, {splits} images",
+        f"strategy: {finetune['strategy']}"
+        + (f" (validation accuracy {100 * val:.1f}%)" if val is not None else ""),
+        *evaluation_lines(evaluate),
     ]
-    for name, acc in evaluate["baselines"].items():
-        lines.append(f"  baseline   {name}: {_pct(acc)}")
-    gain = evaluate["transfer_gain"]
-    lines.append(f"  transfer   gain over the best baseline: {100 * gain:+.1f} points")
-    if evaluate["negative_transfer"]:
-        lines.append("  WARNING: NEGATIVE TRANSFER: a baseline trained from scratch beats the model")
-    for path in (layout.model, layout.onnx):
-        if path.exists():
-            lines.append(f"  model      {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    models = [layout.model, *sorted(layout.models.glob("model*.onnx"))]
+    lines += [f"model: {p} ({p.stat().st_size / 1e6:.1f} MB)" for p in models if p.exists()]
     return lines

@@ -1,16 +1,23 @@
-"""The `finetune` strategy's training loop: partial freezing, frozen BatchNorm, L2-SP, AdamW with
-a cosine schedule, early stopping on validation accuracy, mixed precision on CUDA.
+"""The training loop of the network strategies (`finetune`, `lp_ft`): partial freezing, frozen
+BatchNorm, L2-SP, layer-wise lr decay, label smoothing, AdamW with a cosine schedule, class-balanced
+sampling and mixup/cutmix (graft.batches), early stopping on validation accuracy, mixed precision
+on CUDA.
 
 The defaults suit the few-shot regime, where naive full fine-tuning loses to a linear probe:
 BatchNorm running statistics stay at their ImageNet values (a batch of 16 images estimates them
 badly), the backbone learns ten times slower than the head, and L2-SP (Li et al. 2018, "Explicit
 inductive bias for transfer learning with convolutional networks") pulls the trainable backbone
-weights towards their pretrained values instead of towards zero.
+weights towards their pretrained values instead of towards zero. With `llrd` < 1 (layer-wise lr
+decay, as in ULMFiT/BEiT) the lower, more generic blocks move less than the top ones.
+
+`lp_ft` (Kumar et al. 2022) starts from a converged linear-probe head, so its head trains at the
+same small `backbone_lr` as the body; `finetune` starts from a zero head trained at `lr`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,10 +25,21 @@ import torch
 from torch import nn
 
 from graft.augment import augment_batch, build_augment, normalise
+from graft.batches import epoch_batches, mix
 from graft.config import FinetuneParams
 from graft.images import Preprocessing
+from graft.trainable import freeze, l2sp_penalty, param_groups
 
 log = logging.getLogger(__name__)
+
+
+class BudgetExceeded(RuntimeError):
+    """The first epoch says the whole run would not fit in the time it was given."""
+
+    def __init__(self, estimate_s: float, budget_s: float) -> None:
+        super().__init__(f"estimated {estimate_s:.0f} s (set-up + first epoch × epochs) > "
+                         f"{budget_s:.0f} s")
+        self.estimate_s, self.budget_s = estimate_s, budget_s
 
 
 @dataclass
@@ -37,7 +55,8 @@ class Data:
 @dataclass
 class History:
     """One row per epoch (epoch, train_loss, val_loss, val_accuracy, lr: the head's at the
-    epoch's start). Row 0 is the network before any update, the probe-initialised head; its
+    epoch's start). Row 0 is the network before any update (probe head for lp_ft, zero head
+    for finetune); its
     train_loss is measured like val_loss (eval mode, no augmentation), later ones are the mean
     loss of the epoch's augmented training batches."""
 
@@ -60,19 +79,11 @@ class Step:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None  # None: plain fp32
+    rng: np.random.Generator  # mixup/cutmix draws
+    mixup: float
+    cutmix: float
     l2sp: float
     anchors: list[tuple[nn.Parameter, torch.Tensor]]  # (trainable backbone weight, pretrained copy)
-
-
-def freeze(model: nn.Module, n_blocks: int) -> list[nn.Module]:
-    """Stop gradients in the stem and the first `n_blocks` of `model.blocks`; return those
-    modules. 0 freezes nothing (full fine-tuning)."""
-    if not 0 <= n_blocks <= len(model.blocks):
-        raise ValueError(f"freeze_blocks={n_blocks}: the model has {len(model.blocks)} blocks")
-    frozen = [model.conv_stem, model.bn1, *model.blocks[:n_blocks]] if n_blocks else []
-    for module in frozen:
-        module.requires_grad_(False)
-    return frozen
 
 
 def set_train_mode(model: nn.Module, bn_train: bool, frozen: list[nn.Module]) -> None:
@@ -87,29 +98,16 @@ def set_train_mode(model: nn.Module, bn_train: bool, frozen: list[nn.Module]) ->
                 module.eval()
 
 
-def param_groups(model: nn.Module, p: FinetuneParams) -> list[dict]:
-    """Head at `lr`, trainable backbone at `backbone_lr`. With L2-SP the backbone gets no weight
-    decay: the L2-SP term already regularises it, towards the pretrained weights, not zero."""
-    head = [q for q in model.classifier.parameters() if q.requires_grad]
-    head_ids = {id(q) for q in head}
-    body = [q for q in model.parameters() if q.requires_grad and id(q) not in head_ids]
-    groups = [{"params": head, "lr": p.lr, "weight_decay": p.weight_decay}]
-    if body:
-        body_decay = 0.0 if p.l2sp > 0 else p.weight_decay
-        groups.append({"params": body, "lr": p.backbone_lr, "weight_decay": body_decay})
-    return groups
-
-
-def l2sp_penalty(anchors: list[tuple[nn.Parameter, torch.Tensor]]) -> torch.Tensor:
-    """Σ ‖θ − θ₀‖² over the anchored (trainable backbone) weights, in fp32."""
-    return sum(((q.float() - q0) ** 2).sum() for q, q0 in anchors)
-
-
 def train_step(step: Step, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One AdamW update on a normalised batch; returns the task loss (without L2-SP)."""
+    """One AdamW update on a normalised batch (mixed when mixup/cutmix is on); returns the task
+    loss (without L2-SP)."""
     step.optimizer.zero_grad(set_to_none=True)
+    x, y_a, y_b, lam = mix(x, y, step.mixup, step.cutmix, step.rng)
     with torch.autocast(x.device.type, dtype=step.amp_dtype, enabled=step.amp_dtype is not None):
-        loss = step.criterion(step.model(x), y)
+        logits = step.model(x)
+        loss = step.criterion(logits, y_a)
+        if lam < 1.0:
+            loss = lam * loss + (1.0 - lam) * step.criterion(logits, y_b)
     total = loss.float()
     if step.l2sp > 0:
         total = total + step.l2sp * l2sp_penalty(step.anchors)
@@ -139,12 +137,15 @@ def evaluate(
 
 def train(
     model: nn.Module, data: Data, pre: Preprocessing, p: FinetuneParams, device: torch.device,
-    n_classes: int,
+    n_classes: int, budget_s: float | None = None,
 ) -> History:
     """Train `model` in place and leave it holding the weights of the best validation epoch
     (epoch 0, the untouched start, included: training never returns a network worse on
-    validation than the probe it started from). Stops after `patience` epochs without
-    improvement. Without validation rows: all epochs, last weights."""
+    validation than the head it started from). Stops after `patience` epochs without
+    improvement. Without validation rows: all epochs, last weights. With `budget_s`, raises
+    BudgetExceeded after the first epoch when the set-up plus `epochs` epochs like it would
+    exceed it."""
+    started = time.perf_counter()
     torch.manual_seed(p.seed)  # dropout and augmentation draw from the global generator
     np.random.seed(p.seed)
     order = torch.Generator().manual_seed(p.seed)  # batch order
@@ -175,7 +176,8 @@ def train(
         lr = step.optimizer.param_groups[0]["lr"]  # the head's, at the start of the epoch
         set_train_mode(model, p.bn_train, frozen)
         loss_sum = 0.0  # summed over images, for the epoch's mean
-        for idx in _shuffled(len(data.y_train), sizes, order):
+        epoch_start = time.perf_counter()
+        for idx in epoch_batches(data.y_train.cpu(), sizes, p.sampler, order):
             xb = _to_device(data.x_train[idx], device)
             if augment is not None:
                 xb = augment_batch(xb, augment)
@@ -183,6 +185,11 @@ def train(
             loss_sum += train_step(step, normalise(xb, pre), yb) * len(idx)
             scheduler.step()
         val_loss, val_acc = scores(data.x_val, data.y_val)
+        if budget_s is not None and epoch == 1:  # set-up so far + the other epochs like this one
+            now = time.perf_counter()
+            estimate = now - started + (p.epochs - 1) * (now - epoch_start)
+            if estimate > budget_s:
+                raise BudgetExceeded(estimate, budget_s)
         history.rows.append(_row(epoch, loss_sum / sum(sizes), val_loss, val_acc, lr))
         log.info("epoch %d: %s", epoch, history.rows[-1])
         if val_acc is None:
@@ -219,11 +226,15 @@ def _prepare(model: nn.Module, data: Data, p: FinetuneParams, device: torch.devi
     weight = _class_weights(data.y_train, n_classes, p)
     return Step(
         model=model,
-        criterion=nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device)),
+        criterion=nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
+                                      label_smoothing=p.label_smoothing),
         optimizer=torch.optim.AdamW(param_groups(model, p)),
         # loss scaling only for fp16: bf16 has fp32's exponent range
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         amp_dtype=amp_dtype,
+        rng=np.random.default_rng(p.seed),
+        mixup=p.mixup,
+        cutmix=p.cutmix,
         l2sp=p.l2sp,
         anchors=anchors,
     )
@@ -236,12 +247,6 @@ def _batch_sizes(n: int, batch_size: int, drop_single: bool) -> list[int]:
     if drop_single and len(sizes) > 1 and sizes[-1] == 1:
         sizes.pop()
     return sizes
-
-
-def _shuffled(n: int, sizes: list[int], generator: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=generator)
-    starts = np.cumsum([0, *sizes[:-1]])
-    return [perm[s : s + k] for s, k in zip(starts, sizes, strict=True)]
 
 
 def _class_weights(y: torch.Tensor, n_classes: int, p: FinetuneParams) -> torch.Tensor | None:

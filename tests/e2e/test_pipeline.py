@@ -1,4 +1,4 @@
-"""The pipeline through the real DVC and the real Prefect, on a tiny image folder at 32 px."""
+"""The pipeline through the real DVC and the real Prefect, on a tiny image folder at 64 px."""
 
 from __future__ import annotations
 
@@ -11,24 +11,31 @@ from pathlib import Path
 import pytest
 import yaml
 
+from graft.config import params_from_dict
+from graft.manifest import read_manifest
 from tests.conftest import BIN, copy_project, make_pattern_images
 
 
 def tiny_params(images: Path) -> dict:
-    return {
+    """Every key stated (DVC tracks single keys such as validate.max_pixels), tiny settings."""
+    return params_from_dict({
         "ingest": {"source": "folder", "path": str(images), "shots_per_class": 6,
                    "val_per_class": 3, "test_size": None, "test_fraction": 0.25, "seed": 0},
         "validate": {"min_side": 8, "min_per_class": 2},
-        "features": {"backbone": "efficientnet_lite0", "image_size": 32, "batch_size": 16},
+        # 64 px: onnxruntime's int8 QLinearConv fails on Lite0 at 32 px (2×2 maps, 5×5 kernels)
+        "features": {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 16},
         "finetune": {"strategy": "linear_probe", "c_grid": [0.1, 1.0]},
         "evaluate": {"bootstrap": 200, "cnn_epochs": 3},
-        "export": {"batch_size": 16},
-    }
+        # a handful of test images moves accuracy in 10-point steps: the int8/fp16 gates are
+        # tested in tests/unit/test_quantize.py, here they must not decide the run
+        "export": {"batch_size": 16, "max_int8_drop": 100.0, "max_fp16_drop": 100.0},
+    }).to_dict()
 
 
 def sh(args: list[str], cwd: Path, env: dict) -> str:
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr
 
 
@@ -72,16 +79,16 @@ def test_dvc_repro_runs_six_stages_then_only_what_changed(project):
     assert "accuracy" in sh([dvc, "metrics", "show"], root, env)
     sh([dvc, "plots", "show", "--out", str(root / "plots-html")], root, env)
 
-    # New images: the features store computes embeddings for them alone.
-    make_pattern_images(images, per_class=16, seed=99, classes=("circle",))  # 16 new circles
-    params["ingest"]["shots_per_class"] = None  # take every image, old and new
+    # New images: the features store computes embeddings for new content alone.
+    before = set(read_manifest(root / "data/prepared/manifest.csv")["sha256"])
+    make_pattern_images(images, per_class=5, seed=99, classes=("circle",), prefix="new-")
+    params["ingest"]["shots_per_class"] = None  # every image, so the new ones are surely in
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     sh([dvc, "repro"], root, env)
+    after = set(read_manifest(root / "data/prepared/manifest.csv")["sha256"])
     features = json.loads((root / "metrics/features.json").read_text())
-    ingest = json.loads((root / "metrics/ingest.json").read_text())
-    old_total = 3 * 14
-    assert features["n_images"] == sum(ingest[f"n_{s}"] for s in ("train", "val", "test"))
-    assert 0 < features["n_computed"] <= 16 < features["n_images"] - old_total + 16
+    assert features["n_images"] == len(after)
+    assert features["n_computed"] == len(after - before) > 0
 
 
 def test_validation_failure_stops_the_pipeline(project):
@@ -107,6 +114,6 @@ def test_pipeline_flow_in_ephemeral_mode(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     out = sh([str(BIN / "graft"), "run", "--root", str(root)], root, env)
-    assert "test acc" in out and "transfer" in out
+    assert "model accuracy" in out and "over the best baseline" in out
     for stage in ("ingest", "validate", "features", "finetune", "evaluate", "export"):
         assert (root / "metrics" / f"{stage}.json").exists(), stage

@@ -20,7 +20,8 @@ def _sample(name: str) -> Image.Image:
 @torch.inference_mode()
 def test_lite0_classifies_the_sample_flower_as_daisy():
     model = create_model("efficientnet_lite0", num_classes=1000).eval()
-    x = torch.from_numpy(get_spec("efficientnet_lite0").preprocessing().to_array(_sample("flower.jpg")))
+    pre = get_spec("efficientnet_lite0").preprocessing()
+    x = torch.from_numpy(pre.to_array(_sample("flower.jpg")))
     logits = model(x[None])
     assert logits.argmax().item() == 985  # ImageNet class 985: daisy
 

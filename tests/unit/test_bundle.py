@@ -142,8 +142,8 @@ def test_bundled_predict_reports_bad_files(exported, tmp_path):
     assert len(proc.stdout.strip().splitlines()) == 2  # the two circles were still classified
 
 
-@pytest.mark.slow  # ~60 s creating the venv from the local registry, more on a busy machine
 def test_bundle_runs_in_a_clean_venv_with_three_packages(exported, tmp_path):
+    # 10–60 s: most of it pip fetching the three packages from the registry
     layout, _ = exported
     folder = _bundle(layout, tmp_path)
     venv = tmp_path / "venv"

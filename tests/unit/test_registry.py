@@ -133,3 +133,25 @@ def test_a_second_holder_exits_clearly_or_waits(tmp_path):
         assert 0.5 < waited < 30
     finally:
         proc.wait(timeout=30)
+
+
+def test_graft_models_and_graft_rollback_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    models = tmp_path / "models"
+    with registry.lock(models):
+        for name in ("a", "bb"):
+            registry.promote(models, make_version(models, tmp_path, name))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "--root", str(tmp_path)])
+    assert listed.exit_code == 0
+    assert listed.output.splitlines() == [
+        "* 20260102T000000Z-bb  2026-01-01  accuracy 50.0%  sha256 abababababab",
+        "  20260101T000000Z-a  2026-01-01  accuracy 50.0%  sha256 abababababab"]
+    back = runner.invoke(app, ["rollback", "20260101T000000Z-a", "--root", str(tmp_path)])
+    assert back.exit_code == 0 and "champion is now 20260101T000000Z-a" in back.output
+    assert champion_model(models) == "a"
+    bad = runner.invoke(app, ["rollback", "zzz", "--root", str(tmp_path)])
+    assert bad.exit_code == 1 and "no version 'zzz'" in bad.output

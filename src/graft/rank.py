@@ -1,0 +1,142 @@
+"""`graft rank`: score each backbone's frozen features for this task before training anything.
+
+Two transferability scores on the cached embeddings of the training rows (graft.features; the
+ones missing are computed into the same store, at `features.image_size`):
+
+- LogME (You et al. 2021, "LogME: Practical Assessment of Pre-trained Models for Transfer
+  Learning"): the log marginal likelihood (evidence) per image of a Bayesian linear model
+  y = Fw + ε, w ~ N(0, α⁻¹I), ε ~ N(0, β⁻¹), with α and β set by evidence maximisation (MacKay's
+  fixed-point iteration). For classification, one model per class on one-vs-rest 0/1 targets,
+  averaged over classes. Higher is better; comparable across backbones on the same data.
+- H-score (Bao et al. 2019): tr(Σ_f⁻¹ Σ_between), how much of the feature covariance the class
+  means explain. With fewer images than dimensions Σ_f is singular, so it is the Ledoit–Wolf
+  shrinkage estimate (the "regularised H-score" of Ibrahim et al. 2022).
+
+Writes metrics/rank.json (not a DVC stage: it reads the store and writes nothing the pipeline
+uses) and returns the ranking, best LogME first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+
+from graft.backbones import BACKBONES
+from graft.config import Params
+from graft.features import embed_missing
+from graft.files import write_json
+from graft.layout import Layout
+from graft.manifest import class_names, read_manifest
+
+MAX_ITER = 11  # fixed-point iterations, as the reference implementation; converges in < 5
+TOL = 1e-2  # relative change of λ = α/β that ends the iteration
+
+
+class RankError(ValueError):
+    """Training rows that cannot be scored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """LogME's result for one target: evidence per image and the maximising α, β."""
+
+    log_evidence: float
+    alpha: float
+    beta: float
+
+
+def logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes of the one-vs-rest LogME evidence per image (natural log)."""
+    f = np.asarray(features, np.float64)
+    u, sigma, vt = np.linalg.svd(f, full_matrices=False)  # F = U Σ Vᵀ: eigenvalues s = σ²
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise RankError(f"LogME needs at least 2 classes, got {len(classes)}")
+    return float(np.mean([evidence(f, (labels == c).astype(np.float64), (u, sigma, vt))
+                          .log_evidence for c in classes]))
+
+
+def evidence(f: np.ndarray, y: np.ndarray,
+             svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Evidence:
+    """Maximised log evidence per image of y (N,) under the Bayesian linear model on f (N, D).
+
+    With FᵀF = V diag(s) Vᵀ (s = σ², zero beyond rank r) the posterior mean is
+    m = β V diag(1/(α + βs)) Vᵀ Fᵀ y, γ = Σ βs/(α + βs) effective parameters, and the fixed
+    point α = γ/‖m‖², β = (N − γ)/‖y − Fm‖² (MacKay 1992)."""
+    n, d = f.shape
+    u, sigma, vt = svd if svd is not None else np.linalg.svd(f, full_matrices=False)
+    s = sigma ** 2
+    uty = u.T @ y  # Vᵀ Fᵀ y = Σ Uᵀ y
+    alpha, beta = 1.0, 1.0
+    lam = alpha / beta
+    for _ in range(MAX_ITER):
+        gamma = float((beta * s / (alpha + beta * s)).sum())
+        m_coef = beta * sigma * uty / (alpha + beta * s)  # m in the basis of V's columns
+        m2 = float((m_coef ** 2).sum())
+        res2 = float(((y - u @ (sigma * m_coef)) ** 2).sum())  # F m = U Σ (Vᵀ m)
+        alpha, beta = gamma / max(m2, 1e-300), (n - gamma) / max(res2, 1e-300)
+        new_lam = alpha / beta
+        done = abs(new_lam - lam) / lam < TOL
+        lam = new_lam
+        if done:
+            break
+    # recompute m, ‖m‖², ‖y − Fm‖² at the final α, β, then the closed-form log evidence
+    m_coef = beta * sigma * uty / (alpha + beta * s)
+    m2 = float((m_coef ** 2).sum())
+    res2 = float(((y - u @ (sigma * m_coef)) ** 2).sum())
+    log_det = float(np.log(alpha + beta * s).sum()) + (d - len(s)) * np.log(alpha)
+    total = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * log_det
+             - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * np.log(2 * np.pi))
+    return Evidence(total / n, alpha, beta)
+
+
+def h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """tr(Σ_f⁻¹ Σ_between), Σ_f the Ledoit–Wolf covariance of the features and Σ_between the
+    covariance of each image's class mean (class-frequency weighted)."""
+    f = np.asarray(features, np.float64)
+    f = f - f.mean(axis=0)
+    cov = LedoitWolf(assume_centered=True).fit(f).covariance_
+    means = np.zeros_like(f)
+    for c in np.unique(labels):
+        means[labels == c] = f[labels == c].mean(axis=0)
+    between = means.T @ means / len(f)
+    return float(np.trace(np.linalg.solve(cov, between)))
+
+
+def run(params: Params, layout: Layout, backbones: list[str] | None = None) -> dict:
+    """Score every backbone (default: all known) on the manifest's training rows; write
+    metrics/rank.json; return it."""
+    df = read_manifest(layout.manifest)
+    train = df.loc[df["split"] == "train"].reset_index(drop=True)
+    if train["label"].nunique() < 2:
+        raise RankError(f"{layout.manifest}: training rows have fewer than 2 classes")
+    index = {c: i for i, c in enumerate(class_names(df))}
+    y = train["label"].map(index).to_numpy()
+    rows = []
+    for name in backbones or list(BACKBONES):
+        section = dataclasses.replace(params.features, backbone=name)
+        p = dataclasses.replace(params, features=section)
+        t0 = time.perf_counter()
+        store, todo, _, _ = embed_missing(layout, p, train)
+        feats = np.stack([store[s] for s in train["sha256"]])
+        rows.append({"backbone": name, "image_size": section.image_size,
+                     "logme": round(logme(feats, y), 6), "h_score": round(h_score(feats, y), 4),
+                     "dim": int(feats.shape[1]), "n_computed": int(len(todo)),
+                     "seconds": round(time.perf_counter() - t0, 2)})
+    rows.sort(key=lambda r: -r["logme"])
+    by_h = sorted(rows, key=lambda r: -r["h_score"])
+    result = {"n_train": int(len(train)), "n_classes": len(index), "best": rows[0]["backbone"],
+              "best_by_h_score": by_h[0]["backbone"], "ranking": rows}
+    write_json(layout.rank, result)
+    return result
+
+
+def table(result: dict) -> str:
+    """The ranking as a markdown table, best LogME first."""
+    lines = ["| rank | backbone | size | LogME | H-score |", "|---|---|---|---|---|"]
+    lines += [f"| {i} | {r['backbone']} | {r['image_size']} | {r['logme']:.4f} | "
+              f"{r['h_score']:.2f} |" for i, r in enumerate(result["ranking"], 1)]
+    return "\n".join(lines)
