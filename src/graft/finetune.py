@@ -180,7 +180,9 @@ def _fit(p: FinetuneParams, d: _Inputs, budget_s: float | None = None) -> _Outco
 
 
 def _auto(p: FinetuneParams, d: _Inputs) -> _Outcome:
-    """Score the feature candidates, then lp_ft if the budget allows; refit the best."""
+    """Score the feature candidates, then lp_ft if the budget allows; refit the best feature
+    candidate on train + val, or keep a winning lp_ft network as trained (on train only: its
+    val rows chose the epoch, as in the plain lp_ft strategy)."""
     started = time.perf_counter()
     method = auto.scoring_method(d.y, d.is_train, d.n_classes)
     scored = auto.score_candidates(auto.feature_candidates(p), d.feats, d.y, d.is_train,

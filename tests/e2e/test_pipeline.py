@@ -114,6 +114,6 @@ def test_pipeline_flow_in_ephemeral_mode(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     out = sh([str(BIN / "graft"), "run", "--root", str(root)], root, env)
-    assert "model accuracy" in out and "over the best baseline" in out
+    assert "model accuracy" in out and "baseline small_cnn" in out
     for stage in ("ingest", "validate", "features", "finetune", "evaluate", "export"):
         assert (root / "metrics" / f"{stage}.json").exists(), stage
