@@ -12,8 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
+
+from graft.files import sha256_file
+from graft.layout import Layout
+from graft.manifest import write_manifest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -46,6 +51,25 @@ def make_pattern_images(root: Path, per_class: int, size: int = 40, seed: int = 
             img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / label / f"{prefix}{label}_{i:03d}.png")
     return root
+
+
+def make_split_project(root: Path, per_split: dict[str, int], size: int = 40,
+                       test_labels: dict[str, str] | None = None) -> Layout:
+    """data/prepared/<split>/<class>/*.png (`per_split[split]` images per class, seed = the
+    split's position) and the manifest listing them; `test_labels` renames test labels."""
+    layout = Layout(root)
+    rows = []
+    for seed, (split, per_class) in enumerate(per_split.items()):
+        make_pattern_images(layout.prepared / split, per_class, size=size, seed=seed)
+        for path in sorted((layout.prepared / split).rglob("*.png")):
+            label = path.parent.name
+            if split == "test" and test_labels:
+                label = test_labels.get(label, label)
+            rows.append({"path": path.relative_to(layout.prepared).as_posix(), "label": label,
+                         "split": split, "sha256": sha256_file(path), "width": size,
+                         "height": size, "mode": "RGB"})
+    write_manifest(layout.manifest, pd.DataFrame(rows))
+    return layout
 
 
 @pytest.fixture()

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from graft.backbones import create_model, get_spec
 from graft.checkpoint import save_checkpoint
 from graft.config import Params, params_from_dict
-from graft.files import sha256_file
 from graft.layout import Layout
-from graft.manifest import write_manifest
-from tests.conftest import make_pattern_images
+from tests.conftest import make_split_project
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 32  # pixels: tiny, so a forward pass over the test split takes well under a second
@@ -29,18 +26,7 @@ def make_project(root: Path, zero_head: bool = False, test_labels: dict[str, str
     `test_labels` renames test labels in the manifest (e.g. {"square": "hexagon"}) to build a
     manifest the model cannot score.
     """
-    layout = Layout(root)
-    rows = []
-    for seed, (split, per_class) in enumerate(PER_SPLIT.items()):
-        make_pattern_images(layout.prepared / split, per_class, size=40, seed=seed)
-        for dest in sorted((layout.prepared / split).rglob("*.png")):
-            label = dest.parent.name
-            if split == "test" and test_labels:
-                label = test_labels.get(label, label)
-            rows.append({"path": dest.relative_to(layout.prepared).as_posix(), "label": label,
-                         "split": split, "sha256": sha256_file(dest), "width": 40, "height": 40,
-                         "mode": "RGB"})
-    write_manifest(layout.manifest, pd.DataFrame(rows))
+    layout = make_split_project(root, PER_SPLIT, test_labels=test_labels)
     torch.manual_seed(0)
     model = create_model(BACKBONE, len(CLASSES), pretrained=False)
     if zero_head:

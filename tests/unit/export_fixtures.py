@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from graft.backbones import create_model, get_spec
 from graft.checkpoint import save_checkpoint
 from graft.config import params_from_dict
-from graft.files import sha256_file
 from graft.layout import Layout
-from graft.manifest import write_manifest
-from tests.conftest import make_pattern_images
+from tests.conftest import make_split_project
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 64  # pixels: small so an export takes seconds (int8 Lite0 can fail in onnxruntime below)
@@ -24,15 +21,7 @@ CLASSES = ["circle", "square", "stripes"]  # sorted, as manifest.class_names giv
 
 def make_project(root: Path, per_class: int = 2) -> Layout:
     """A project root with data/prepared (images + manifest) and models/model.pt."""
-    layout = Layout(root)
-    rows = []
-    for seed, split in enumerate(("train", "test")):
-        make_pattern_images(layout.prepared / split, per_class, size=40, seed=seed)
-        for dest in sorted((layout.prepared / split).rglob("*.png")):
-            rows.append({"path": dest.relative_to(layout.prepared).as_posix(),
-                         "label": dest.parent.name, "split": split,
-                         "sha256": sha256_file(dest), "width": 40, "height": 40, "mode": "RGB"})
-    write_manifest(layout.manifest, pd.DataFrame(rows))
+    layout = make_split_project(root, {"train": per_class, "test": per_class})
     torch.manual_seed(0)
     model = create_model(BACKBONE, len(CLASSES), pretrained=True)
     save_checkpoint(layout.model, model, BACKBONE, CLASSES,

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from sklearn.svm import SVC
@@ -18,11 +17,10 @@ from graft.backbones import create_model
 from graft.checkpoint import load_checkpoint
 from graft.config import ConfigError, params_from_dict
 from graft.export import to_onnx
-from graft.files import sha256_file
 from graft.inference import run_model
 from graft.layout import Layout
-from graft.manifest import absolute_paths, read_manifest, write_manifest
-from tests.conftest import make_pattern_images
+from graft.manifest import absolute_paths, read_manifest
+from tests.conftest import make_split_project
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 32  # pixels
@@ -117,15 +115,7 @@ def tiny_params(**section: object):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    layout = Layout(tmp_path_factory.mktemp("feature-heads"))
-    rows = []
-    for seed, (split, n) in enumerate((("train", 4), ("val", 3))):
-        make_pattern_images(layout.prepared / split, n, size=40, seed=seed)
-        for path in sorted((layout.prepared / split).rglob("*.png")):
-            rows.append({"path": path.relative_to(layout.prepared).as_posix(),
-                         "label": path.parent.name, "split": split, "sha256": sha256_file(path),
-                         "width": 40, "height": 40, "mode": "RGB"})
-    write_manifest(layout.manifest, pd.DataFrame(rows))
+    layout = make_split_project(tmp_path_factory.mktemp("feature-heads"), {"train": 4, "val": 3})
     features.run(tiny_params(), layout)
     return layout.root
 

@@ -17,13 +17,12 @@ from graft import augment, features, finetune, training
 from graft.backbones import create_model
 from graft.checkpoint import load_checkpoint
 from graft.config import ConfigError, params_from_dict
-from graft.files import sha256_file
 from graft.images import Preprocessing
 from graft.inference import run_model
 from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest, write_manifest
 from graft.probe import fit_probe, select_c
-from tests.conftest import make_pattern_images
+from tests.conftest import make_split_project
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 32  # pixels: the 1×1 final map still separates colours, and a step takes milliseconds
@@ -50,15 +49,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data/prepared (images + manifest) and data/features, built once for the module."""
-    layout = Layout(tmp_path_factory.mktemp("finetune-base"))
-    rows = []
-    for seed, (split, n) in enumerate((("train", 4), ("val", 3))):
-        make_pattern_images(layout.prepared / split, n, size=40, seed=seed)
-        for path in sorted((layout.prepared / split).rglob("*.png")):
-            rows.append({"path": path.relative_to(layout.prepared).as_posix(),
-                         "label": path.parent.name, "split": split, "sha256": sha256_file(path),
-                         "width": 40, "height": 40, "mode": "RGB"})
-    write_manifest(layout.manifest, pd.DataFrame(rows))
+    layout = make_split_project(tmp_path_factory.mktemp("finetune-base"), {"train": 4, "val": 3})
     features.run(tiny_params(), layout)
     return layout.root
 
