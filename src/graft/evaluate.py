@@ -193,24 +193,20 @@ def write_confusion(plots: Path, names: list[str], y_true: np.ndarray, y_pred: n
     plt.close(fig)
 
 
-def _fmt(value: float | None, ci: list[float | None] | None = None) -> str:
-    """Percent with one decimal and its interval, e.g. '78.4% [76.6, 80.2]'."""
+def _fmt(value: float | None, ci: list[float | None] | None = None, percent: bool = True) -> str:
+    """A figure with its interval: '78.4% [76.6, 80.2]' (percent) or '0.975 [0.970, 0.980]'."""
     if value is None:
         return "n/a"
-    text = f"{100 * value:.1f}%"
+    scale, digits, unit = (100, 1, "%") if percent else (1, 3, "")
+    text = f"{scale * value:.{digits}f}{unit}"
     if ci and None not in ci:
-        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+        text += f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
     return text
 
 
 def _auc(value: float | None, ci: list[float | None] | None = None) -> str:
-    """ROC-AUC as a number, e.g. '0.975 [0.970, 0.980]'; 'n/a' when undefined."""
-    if value is None:
-        return "n/a"
-    text = f"{value:.3f}"
-    if ci and None not in ci:
-        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return text
+    """ROC-AUC as a number; 'n/a' when undefined."""
+    return _fmt(value, ci, percent=False)
 
 
 def _verdict(m: dict[str, Any]) -> str:
