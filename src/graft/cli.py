@@ -217,5 +217,24 @@ def rank(
         _fail(exc)
     typer.echo(f"{table(result)}\n\nbest: {result['best']}; written to {layout.rank}")
 
+
+@app.command()
+def fewshot(
+    params: Annotated[Path, typer.Option("--params", help="The benchmark's params file.")] = Path(
+        "params.yaml"),
+) -> None:
+    """The few-shot benchmark (graft.fewshot): writes results.csv, results.md,
+    plots/accuracy_vs_shots.csv and metrics.json beside the params file."""
+    from graft.fewshot import load_fewshot_params
+    from graft.fewshot import run as run_fewshot
+
+    try:
+        metrics = run_fewshot(load_fewshot_params(params), params.resolve().parent)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo((params.resolve().parent / "results.md").read_text())
+    typer.echo(f"{metrics['runs']} runs in {metrics['wall_seconds']} s")
+
+
 if __name__ == "__main__":  # python -m graft.cli
     sys.exit(app())

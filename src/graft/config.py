@@ -171,13 +171,15 @@ def params_from_dict(raw: Any, source: str = "params") -> Params:
             f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
         )
     sections = {
-        name: _build(cls, raw.get(name) or {}, f"{source}: {name}")
+        name: build_section(cls, raw.get(name) or {}, f"{source}: {name}")
         for name, cls in SECTIONS.items()
     }
     return Params(**sections)
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def build_section(cls: type, raw: Any, where: str) -> Any:
+    """`cls(**raw)` after the strict checks: unknown keys and wrong types raise ConfigError
+    naming `where` and the key (used for params.yaml sections and other params files)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)

@@ -14,8 +14,11 @@ graft.heads module on top of the backbone, so the saved network maps an image to
 
 Selection uses the validation rows (pooled stratified k-fold on the training rows when there are
 none); the temperature s is fitted (NLL) on those held-out decisions; the chosen setting is then
-refitted on train + val, as linear_probe does. Every candidate is scored through the torch head
-itself (float64), so the numbers are the shipped model's.
+refitted on train + val, as linear_probe does. With no val rows and a class of one training image
+(1-shot) nothing can be held out: `default_setting` is used with temperature 1 (argmax, hence
+accuracy, does not depend on it; the probabilities are then uncalibrated), selection "default".
+Every candidate is scored through the torch head itself (float64), so the numbers are the
+shipped model's.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ class Fitted:
     head: nn.Module  # the classifier module to install as model.classifier
     spec: dict[str, Any] | None  # its graft.heads spec, saved in the checkpoint
     setting: dict[str, Any]  # the chosen kernel/C/gamma (svm) and the temperature
-    val_accuracy: float  # held-out accuracy of the chosen setting, before the refit
-    selection: str  # val | cv
+    val_accuracy: float | None  # held-out accuracy of the chosen setting, before the refit
+    selection: str  # val | cv | default (nothing held out: see default_setting)
     scores: list[dict[str, Any]]  # every candidate: its setting and held-out accuracy
 
 
@@ -65,6 +68,13 @@ def candidates(strategy: str, kernels: list[str], c_grid: list[float],
     return out
 
 
+def default_setting(settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The setting used when none can be scored: among the first kernel's candidates (linear
+    when listed), the middle one (upper middle: C = 1.0 for the default grid)."""
+    first = [s for s in settings if s.get("kernel") == settings[0].get("kernel")]
+    return first[len(first) // 2]
+
+
 def fit_strategy(strategy: str, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
                  n_classes: int, feature_norm: str, settings: list[dict[str, Any]],
                  class_weight: str, seed: int) -> Fitted:
@@ -73,6 +83,12 @@ def fit_strategy(strategy: str, feats: np.ndarray, y: np.ndarray, is_train: np.n
     z = normalise(feats, mean, l2)
     z_tr, y_tr = z[is_train], y[is_train]
     has_val = bool((~is_train).any())
+    if not has_val and np.bincount(y_tr, minlength=n_classes).min() == 1:
+        setting = default_setting(settings)
+        head, spec = make_head(_fit(strategy, z, y, n_classes, setting, class_weight),
+                               feature_norm, mean, 1.0, z.shape[1], n_classes)
+        return Fitted(head, spec, {**setting, "temperature": 1.0}, None, "default",
+                      [{**setting, "val_accuracy": None}])
     scores, held = [], []
     for setting in settings:
         if has_val:

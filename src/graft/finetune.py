@@ -130,7 +130,7 @@ def run(params: Params, layout: Layout) -> dict:
         "n_val": int((~is_train).sum()),
         "n_classes": len(classes),
         "C": selection.C,
-        "C_selection": selection.method,  # val | cv (no val rows) | single (one C, no val rows)
+        "C_selection": selection.method,  # val | cv (no val rows) | single | default (1-shot)
         "feature_norm": fitted.feature_norm if fitted.strategy not in NETWORK else "none",
         **({"setting": out.setting, "candidates": out.candidates} if out.setting else {}),
         **({"auto": out.auto} if out.auto else {}),

@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class Selection:
     """The chosen C and how it was chosen; `scores` holds (C, accuracy) for every C tried."""
 
     C: float
-    method: Literal["val", "cv", "single"]
+    method: Literal["val", "cv", "single", "default"]  # default: nothing could be held out
     accuracy: float | None  # the chosen C's val (or mean CV) accuracy; None when nothing scored
     scores: list[tuple[float, float]]
 
@@ -87,7 +88,9 @@ def fit_probe(
         max_iter=MAX_ITER,
         class_weight=None if class_weight == "none" else class_weight,
     )
-    with warnings.catch_warnings(record=True) as caught:
+    # One BLAS thread: these products are small, and a threaded BLAS on a busy 2-core machine
+    # spins (measured: a 30-image 5-fold C search took 35 s threaded; see graft.baselines).
+    with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(scaler.transform(x), labels)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
@@ -111,10 +114,15 @@ def select_c(
     """Best C by accuracy on the validation rows; ties go to the smaller C (stronger prior).
 
     Without validation rows, stratified k-fold CV on the training rows scores each C instead.
+    With neither (no val rows, every class present but one with a single training image, e.g. a
+    1-shot episode) nothing can be scored: the grid's middle value is used (the upper middle for
+    an even grid, 1.0 for the default grid: sklearn's default), method "default".
     """
     grid = sorted(set(float(c) for c in c_grid))
     if len(grid) == 1 and len(y_val) == 0:
         return Selection(grid[0], "single", None, [])
+    if len(y_val) == 0 and np.bincount(y_train, minlength=n_classes).min() == 1:
+        return Selection(grid[len(grid) // 2], "default", None, [])
     if len(y_val):
         scores = []
         for c in grid:

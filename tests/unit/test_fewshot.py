@@ -1,0 +1,104 @@
+"""The few-shot benchmark on digits: every output, one table row per cell, 1-shot works."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from graft import fewshot
+from graft.config import ConfigError
+from graft.feature_fit import default_setting, fit_strategy
+from graft.probe import select_c
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"datasets": ["digits"], "shots": [1, 3], "strategies": ["prototype", "linear_probe"],
+        "backbones": ["efficientnet_lite0"], "episodes": 2, "test_size": 100, "image_size": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("fewshot")
+    (out / "params.yaml").write_text(yaml.safe_dump({"fewshot": TINY}))
+    metrics = fewshot.run(fewshot.load_fewshot_params(out / "params.yaml"), out, log=False)
+    return out, metrics
+
+
+def test_tiny_digits_run_writes_every_output(tiny_run: tuple[Path, dict]) -> None:
+    out, metrics = tiny_run
+    results = pd.read_csv(out / "results.csv")
+    assert tuple(results.columns) == fewshot.RESULT_COLUMNS
+    # 2 shots × 2 episodes × (2 strategies + the raw-pixel baseline)
+    assert len(results) == 12 and set(results["episode"]) == {0, 1}
+    assert set(results["strategy"]) == {"prototype", "linear_probe", "pixels_logreg"}
+    assert results["accuracy"].between(0, 1).all() and (results["seconds"] >= 0).all()
+
+    table = [line for line in (out / "results.md").read_text().splitlines()
+             if line.startswith("| digits")]
+    assert len(table) == 6  # one row per (backbone, strategy, shots) cell
+    assert all(" ± " in line and line.rstrip().endswith("|") for line in table)
+
+    with open(out / "plots" / "accuracy_vs_shots.csv", newline="") as fh:
+        plot = list(csv.DictReader(fh))
+    assert len(plot) == 6 and set(plot[0]) == {"shots", "accuracy", "series"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert set(saved["best"]["digits"]) == {"1", "3"}
+
+
+def test_transfer_beats_chance_clearly_even_at_one_shot(tiny_run: tuple[Path, dict]) -> None:
+    results = pd.read_csv(tiny_run[0] / "results.csv")
+    means = results.groupby(["strategy", "shots"])["accuracy"].mean()
+    for strategy in ("prototype", "linear_probe"):
+        assert means[strategy, 1] > 0.25, means  # chance is 0.10 (ten digits)
+        assert means[strategy, 3] > 0.45, means
+
+
+def test_interval_is_a_student_t_interval_over_episodes() -> None:
+    acc = [0.6, 0.7, 0.8]
+    results = pd.DataFrame({"dataset": "d", "backbone": "b", "strategy": "s", "shots": 1,
+                            "episode": range(3), "accuracy": acc, "seconds": 0.0})
+    cell = fewshot.summarise(results).iloc[0]
+    half = 4.302653 * np.std(acc, ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert cell["mean"] == pytest.approx(0.7) and cell["half_width"] == pytest.approx(half)
+
+
+def test_one_shot_without_val_uses_the_documented_defaults() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(3, 8)) + 5 * np.eye(3, 8), np.arange(3)
+    sel = select_c(x, y, x[:0], y[:0], [0.01, 0.1, 1.0, 10.0], "none", 3, 0)
+    assert (sel.C, sel.method) == (1.0, "default")
+    settings = [{"kernel": "linear", "C": c} for c in (0.01, 0.1, 1.0, 10.0)] + [
+        {"kernel": "rbf", "C": 1.0, "gamma_x": 1.0}]
+    assert default_setting(settings) == {"kernel": "linear", "C": 1.0}
+    for strategy, grid in (("prototype", [{}]), ("svm", settings)):
+        fitted = fit_strategy(strategy, x, y, np.ones(3, bool), 3, "none", grid, "none", 0)
+        assert fitted.selection == "default" and fitted.setting["temperature"] == 1.0
+
+
+def test_params_are_checked_strictly(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    for bad, match in (({"shots": [0]}, "fewshot.shots"), ({"shotz": [1]}, "unknown key"),
+                       ({"strategies": ["magic"]}, "strategies\\[0\\]")):
+        path.write_text(yaml.safe_dump({"fewshot": bad}))
+        with pytest.raises(ConfigError, match=match):
+            fewshot.load_fewshot_params(path)
+    shipped = fewshot.load_fewshot_params(REPO / "pipelines" / "fewshot-benchmark" / "params.yaml")
+    assert shipped.shots == [1, 5, 10, 20] and shipped.episodes == 5
+
+
+def test_benchmark_dvc_stage_lists_the_modules_it_imports() -> None:
+    from tests.unit.test_dvc_yaml import _graft_imports
+
+    folder = REPO / "pipelines" / "fewshot-benchmark"
+    stage = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]["fewshot"]
+    deps = {str((folder / d).resolve().relative_to(REPO)) for d in stage["deps"]}
+    needed = {f"src/graft/{m.split('.', 1)[1]}.py" for m in _graft_imports("graft.fewshot")}
+    needed |= {f"src/graft/{m}.py" for m in ("fewshot", "ingest", "features", "finetune", "auto")}
+    assert needed <= deps, sorted(needed - deps)
+    assert stage["cmd"] == "graft fewshot --params params.yaml"
