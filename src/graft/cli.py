@@ -5,8 +5,10 @@ Thin: parsing, printing and exit codes only; the work lives in the stage modules
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -22,21 +24,24 @@ ParamsFile = Annotated[Path | None, typer.Option("--params", help="Default: ROOT
 NoPrefect = Annotated[bool, typer.Option("--no-prefect", help="Run in-process, without Prefect.")]
 
 
-def _fail(exc: BaseException) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """The errors a user must act on (bad input, missing files: ValueError subclasses and
+    FileNotFoundError, whose messages name the file) → 'error: …' on stderr and exit code 1."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 def _run_stage(stage: str, root: Path, params: Path | None, no_prefect: bool) -> dict:
     from graft import flows  # imports prefect: only when a stage really runs
 
-    try:
+    with _user_errors():
         if no_prefect:
             return flows.run_stage(stage, root, params)
         return flows.STAGE_FLOWS[stage](str(root), str(params) if params else None)
-    except (ValueError, FileNotFoundError) as exc:  # the stages' user-facing errors
-        _fail(exc)
-        raise  # unreachable: _fail exits
 
 
 def _stage_command(stage: str) -> None:
@@ -60,10 +65,8 @@ def run(root: Root = Path("."), params: ParamsFile = None) -> None:
     """Run all six stages in order as one Prefect flow (`dvc repro` runs them one by one)."""
     from graft import flows
 
-    try:
+    with _user_errors():
         flows.pipeline(str(root), str(params) if params else None)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
     summary(root)
 
 
@@ -72,10 +75,8 @@ def summary(root: Root = Path(".")) -> None:
     """Print what the last run produced: accuracy vs baselines, transfer gain, model files."""
     from graft.summary import summary_lines
 
-    try:
+    with _user_errors():
         lines = summary_lines(Layout(root))
-    except FileNotFoundError as exc:
-        _fail(exc)
     for line in lines:
         typer.echo(line)
 
@@ -91,10 +92,8 @@ def predict(
     """Classify images with an exported model; needs nothing but the .onnx file."""
     from graft.predict import main
 
-    try:
+    with _user_errors():
         code = main(model, paths, top_k, fmt, batch_size)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
     raise typer.Exit(code)
 
 
@@ -113,10 +112,8 @@ def retrain(
     """Retrain on new data; promote the challenger only if it passes the gate (Prefect flow)."""
     from graft.retrain import retrain as retrain_flow
 
-    try:
+    with _user_errors():
         result = retrain_flow(str(root), source)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
     typer.echo(f"retrain: {result['status']}")
     for reason in result.get("reasons", []):
         typer.echo(f"  {reason}")
@@ -144,10 +141,8 @@ def rollback(
     """Make an earlier model the champion again (the current one moves to history)."""
     from graft.registry import rollback as do_rollback
 
-    try:
+    with _user_errors():
         restored = do_rollback(Layout(root).models, version)
-    except ValueError as exc:
-        _fail(exc)
     typer.echo(f"champion is now {restored}")
 
 
@@ -159,10 +154,8 @@ def bundle(
     """Pack the exported models, labels.json and a standalone predict.py into a folder + .zip."""
     from graft.bundle import build_bundle
 
-    try:
+    with _user_errors():
         result = build_bundle(Layout(root), out)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -179,7 +172,7 @@ def bench(
     when present), or with --train the fine-tuning speed; prints a table, writes JSON."""
     from graft.files import write_json
 
-    try:
+    with _user_errors():
         if train:
             from graft.bench_train import bench_train, markdown_train
 
@@ -190,8 +183,6 @@ def bench(
 
             report = bench_inference(Layout(root), batch_size=batch_size, seconds=seconds)
             text = markdown(report)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
     out = out or root / "metrics" / ("bench_train.json" if train else "bench.json")
     write_json(out, report)
     typer.echo(f"{text}\n\nwritten to {out}")
@@ -211,10 +202,8 @@ def rank(
     from graft.rank import table
 
     layout = Layout(root)
-    try:
+    with _user_errors():
         result = rank_backbones(load_params(params or layout.params), layout, backbone)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
     typer.echo(f"{table(result)}\n\nbest: {result['best']}; written to {layout.rank}")
 
 
@@ -228,10 +217,8 @@ def fewshot(
     from graft.fewshot import load_fewshot_params
     from graft.fewshot import run as run_fewshot
 
-    try:
+    with _user_errors():
         metrics = run_fewshot(load_fewshot_params(params), params.resolve().parent)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
     typer.echo((params.resolve().parent / "results.md").read_text())
     typer.echo(f"{metrics['runs']} runs in {metrics['wall_seconds']} s")
 
