@@ -55,7 +55,7 @@ def scoring_method(y: np.ndarray, is_train: np.ndarray, n_classes: int) -> str:
 
 def score_candidates(settings: list[dict[str, Any]], feats: np.ndarray, y: np.ndarray,
                      is_train: np.ndarray, n_classes: int, p: FinetuneParams, method: str,
-                     deadline: float) -> list[dict[str, Any]]:
+                     deadline: float, views: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Each setting with its 'score' (held-out accuracy) and 'seconds'; once time.perf_counter()
     passes `deadline`, the remaining ones get 'skipped' instead."""
     splits = _splits(y, is_train, n_classes, p.seed, method)
@@ -67,7 +67,7 @@ def score_candidates(settings: list[dict[str, Any]], feats: np.ndarray, y: np.nd
         t0 = time.perf_counter()
         correct = total = 0
         for tr, te in splits:
-            hits = held_out_hits(setting, feats, y, tr, te, n_classes, p)
+            hits = held_out_hits(setting, feats, y, tr, te, n_classes, p, views)
             correct, total = correct + hits, total + len(te)
         scored.append({**setting, "score": correct / total,
                        "seconds": round(time.perf_counter() - t0, 2)})
@@ -75,18 +75,21 @@ def score_candidates(settings: list[dict[str, Any]], feats: np.ndarray, y: np.nd
 
 
 def held_out_hits(setting: dict[str, Any], feats: np.ndarray, y: np.ndarray, tr: np.ndarray,
-                  te: np.ndarray, n_classes: int, p: FinetuneParams) -> int:
-    """Correct predictions on rows `te` of `setting` fitted on rows `tr`."""
+                  te: np.ndarray, n_classes: int, p: FinetuneParams,
+                  views: np.ndarray | None = None) -> int:
+    """Correct predictions on rows `te` of `setting` fitted on rows `tr` (and their views)."""
     if setting["strategy"] == "linear_probe":
         mean, l2 = norm_parts(setting["feature_norm"], feats[tr])
+        view_z = None if views is None else normalise(views[tr], mean, l2)
         probe = fit_probe(normalise(feats[tr], mean, l2), y[tr], setting["C"], p.class_weight,
-                          n_classes)
+                          n_classes, view_z)
         return int((probe.predict(normalise(feats[te], mean, l2)) == y[te]).sum())
     hyper = {k: v for k, v in setting.items() if k not in ("strategy", "feature_norm")}
     rows = np.concatenate([tr, te])
     is_tr = np.arange(len(rows)) < len(tr)
     fitted = fit_strategy(setting["strategy"], feats[rows], y[rows], is_tr, n_classes,
-                          setting["feature_norm"], [hyper], p.class_weight, p.seed)
+                          setting["feature_norm"], [hyper], p.class_weight, p.seed,
+                          None if views is None else views[rows])
     return round(fitted.val_accuracy * len(te))  # val_accuracy: the held-out rows' accuracy
 
 

@@ -6,6 +6,11 @@ images, so that the evaluate stage scores them exactly as it scores the model:
 
 - `pixels_logreg`: logistic regression on standardised raw pixels, C chosen on val.
 - `small_cnn`: a three-block CNN trained from scratch with light augmentation.
+
+Each result carries its network as a torch module on the same input the exported models take
+(float32 (N, 3, S, S), `preprocessing(S)`), and the probabilities are that module's, so when
+`evaluate.on_negative_transfer: use_baseline` ships a baseline, what ships is what was scored
+(graft.checkpoint saves and rebuilds it with `build`).
 """
 
 from __future__ import annotations
@@ -38,13 +43,40 @@ class Split:
 class BaselineResult:
     proba: np.ndarray  # (n_test, k) class probabilities on the test split
     info: dict[str, Any] = field(default_factory=dict)  # the setting or epoch chosen on val
+    model: nn.Module | None = None  # image (N, 3, S, S) → logits; what `proba` came from
+
+
+def preprocessing(size: int) -> Preprocessing:
+    """The baselines' input: size×size, raw pixels scaled to [-1, 1]."""
+    return Preprocessing(size, PIXEL_MEAN, PIXEL_STD)
 
 
 def load_split(paths: Sequence[Path | str], labels: np.ndarray, size: int) -> Split:
     """Decode `paths` with the shared image code at size×size, pixels in [-1, 1]."""
-    pre = Preprocessing(size, PIXEL_MEAN, PIXEL_STD)
+    pre = preprocessing(size)
     x = pre.load(paths) if len(paths) else np.zeros((0, 3, size, size), np.float32)
     return Split(x, np.asarray(labels, np.int64))
+
+
+def build(name: str, k: int, size: int) -> nn.Module:
+    """An untrained baseline network of the given kind (weights come from a state dict)."""
+    if name == "pixels_logreg":
+        return PixelsLinear(size, k)
+    if name == "small_cnn":
+        return SmallCNN(k)
+    raise ValueError(f"unknown baseline {name!r}; baselines are pixels_logreg, small_cnn")
+
+
+class PixelsLinear(nn.Module):
+    """pixels_logreg as a network: flatten, then one Linear layer holding the standardisation
+    and the logistic regression (weight W/σ, bias b − (W/σ)·μ)."""
+
+    def __init__(self, size: int, k: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * size * size, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
 
 
 def pixels_logreg(train: Split, val: Split, test: Split, k: int, c_grid: Sequence[float],
@@ -77,18 +109,34 @@ def pixels_logreg(train: Split, val: Split, test: Split, k: int, c_grid: Sequenc
         info = {"C": -neg_c, "val_accuracy": val_acc}
     else:
         model, info = fit(1.0), {"C": 1.0, "val_accuracy": None}
-    return BaselineResult(_expand(model.predict_proba(_flat(test.x)), model[-1].classes_, k), info)
+    net = _as_network(model, k, train.x.shape[-1])
+    logits = torch.from_numpy(_predict(net, test.x, 256, torch.device("cpu")))
+    return BaselineResult(torch.softmax(logits.double(), dim=1).numpy(), info, net)
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def _expand(proba: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
-    """Columns for all k classes: a class absent from train gets probability 0."""
-    full = np.zeros((len(proba), k), np.float64)
-    full[:, seen] = proba
-    return full
+ABSENT_LOGIT = -1e4  # a class with no training image: probability 0 after the softmax
+
+
+def _as_network(pipeline: Any, k: int, size: int) -> PixelsLinear:
+    """The fitted StandardScaler + LogisticRegression folded into `PixelsLinear`. sklearn keeps
+    one row for two classes (the logit of class 1); ±½ of it gives the same softmax."""
+    scaler, clf = pipeline[0], pipeline[-1]
+    w, b = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:
+        w, b = np.vstack([-w / 2, w / 2]), np.concatenate([-b / 2, b / 2])
+    weight = np.zeros((k, w.shape[1]))
+    bias = np.full(k, ABSENT_LOGIT)
+    weight[clf.classes_], bias[clf.classes_] = w / scaler.scale_, b - (w / scaler.scale_) @ \
+        scaler.mean_
+    net = PixelsLinear(size, k)
+    with torch.no_grad():
+        net.linear.weight.copy_(torch.as_tensor(weight))
+        net.linear.bias.copy_(torch.as_tensor(bias))
+    return net.eval()
 
 
 class SmallCNN(nn.Module):
@@ -155,7 +203,8 @@ def small_cnn(train: Split, val: Split, test: Split, k: int, epochs: int, batch_
     logits = torch.from_numpy(_predict(model, test.x, batch_size * 4, device))
     info = {"best_epoch": best_epoch, "epochs": epochs,
             "val_accuracy": best[0] if best is not None else None}
-    return BaselineResult(torch.softmax(logits.double(), dim=1).numpy(), info)
+    return BaselineResult(torch.softmax(logits.double(), dim=1).numpy(), info,
+                          model.cpu().eval())
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -179,7 +228,12 @@ def _predict(model: nn.Module, x: np.ndarray, batch_size: int, device: torch.dev
              ) -> np.ndarray:
     model.eval()
     if len(x) == 0:
-        return np.zeros((0, model.head.out_features), np.float32)
+        return np.zeros((0, _n_outputs(model)), np.float32)
     out = [model(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu().numpy()
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out)
+
+
+def _n_outputs(model: nn.Module) -> int:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return last.out_features

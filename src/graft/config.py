@@ -42,15 +42,20 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class FeaturesParams:
+    # a graft.backbones.BACKBONES name, or "auto": the features stage embeds with each and keeps
+    # the top one by LogME (checked by graft.features.check_params)
     backbone: str = "efficientnet_lite0"
     image_size: int = 224
     batch_size: int = 32
+    # augmented views per train/val image (graft.views: flip, then crop/flip/jitter draws) that
+    # the feature strategies fit on as extra rows; 0 = none
+    views: int = 0
 
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    strategy: Literal["linear_probe", "svm", "prototype", "finetune", "lp_ft", "auto"] = (
-        "linear_probe")
+    strategy: Literal["linear_probe", "svm", "prototype", "finetune", "lp_ft", "ensemble",
+                      "auto"] = "linear_probe"
     seed: int = 0
     # feature strategies (linear_probe, svm, prototype): transform of the cached embeddings,
     # built into the saved head (graft.heads); center = minus the training-feature mean
@@ -82,6 +87,10 @@ class FinetuneParams:
     mixup: float = 0.0  # Beta(α, α) of mixup; 0 = off
     cutmix: float = 0.0  # Beta(α, α) of cutmix; 0 = off (both on: one of the two per batch)
     budget_s: float = 600.0  # auto: wall-clock seconds for trying strategies
+    # ensemble: one member per backbone × feature strategy, probabilities averaged
+    ensemble_backbones: list[str] = field(default_factory=lambda: [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+    ensemble_strategies: list[str] = field(default_factory=lambda: ["linear_probe", "svm"])
 
 
 @dataclass(frozen=True)
@@ -96,9 +105,9 @@ class EvaluateParams:
     cnn_batch_size: int = 32  # small_cnn training batch; 100 images → 4 steps per epoch
     cnn_lr: float = 3e-3  # small_cnn AdamW peak learning rate, cosine-decayed to 0
     cnn_weight_decay: float = 5e-4
-    # transfer lost to the best baseline: warn (report + WARNING line) or fail (non-zero exit
-    # after every output is written)
-    on_negative_transfer: Literal["warn", "fail"] = "warn"
+    # transfer lost to the best baseline: warn (report + WARNING line), fail (non-zero exit
+    # after every output is written) or use_baseline (export publishes models/baseline.pt)
+    on_negative_transfer: Literal["warn", "fail", "use_baseline"] = "warn"
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,24 @@
 """Evaluate stage: score the model on the test split, beside baselines that had no pretraining.
 
 Inputs: models/model.pt, data/prepared/ (manifest + images). Outputs: metrics/evaluate.json,
-reports/evaluate.md, plots/confusion.csv (long format for `dvc plots`), plots/confusion.png.
+reports/evaluate.md, plots/confusion.csv (long format for `dvc plots`), plots/confusion.png and
+models/baseline.pt (the best baseline's network).
 
 The model is scored end to end from the image files with its own preprocessing. Two baselines
 learn from the same training images (baselines.py). All figures carry 95% percentile bootstrap
 intervals computed on the same resamples for every contender, and the verdict says whether
 transfer learning beat the best baseline (`negative_transfer` when it did not).
+
+`evaluate.on_negative_transfer` decides what happens then: `warn` reports it, `fail` exits
+non-zero after writing everything, `use_baseline` records `"deployed": "baseline"` so that the
+export stage publishes models/baseline.pt instead of the transferred model (the report says so).
+The confusion matrix and per-class scores are always the transferred model's; the deployed
+baseline's headline figures are in `baselines_scores`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -21,9 +29,9 @@ import torch
 
 from graft import baselines
 from graft import metrics as stats
-from graft.checkpoint import load_checkpoint
+from graft.checkpoint import load_checkpoint, save_checkpoint
 from graft.config import Params
-from graft.files import atomic_output, write_csv, write_json, write_text
+from graft.files import atomic_output, sha256_file, write_csv, write_json, write_text
 from graft.inference import pick_device, run_model
 from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest
@@ -56,7 +64,8 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     proba = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     contenders = {"model": proba}
     info = {}
-    for name, result in train_baselines(params, df, layout.manifest, names, device).items():
+    trained = train_baselines(params, df, layout.manifest, names, device)
+    for name, result in trained.items():
         contenders[name], info[name] = result.proba, result.info
 
     point = {name: stats.headline(y_test, pr) for name, pr in contenders.items()}
@@ -66,7 +75,17 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     result = summarise(point, samples, cm, names)
     result["baselines_info"] = info
     result["on_negative_transfer"] = p.on_negative_transfer
+    use_baseline = result["negative_transfer"] and p.on_negative_transfer == "use_baseline"
+    result["deployed"] = "baseline" if use_baseline else "model"
+    result["deployed_network"] = result["best_baseline"] if use_baseline else meta["backbone"]
+    result["model_sha256"] = sha256_file(layout.model)  # which model.pt this verdict is about
 
+    best = result["best_baseline"]
+    save_checkpoint(layout.baseline_model, trained[best].model, best, names,
+                    baselines.preprocessing(p.baseline_image_size),
+                    network={"kind": "baseline", "name": best, "size": p.baseline_image_size},
+                    strategy=f"baseline:{best}", params={"evaluate": dataclasses.asdict(p)},
+                    test_accuracy=result["baselines"][best], **info[best])
     write_confusion(layout.plots, names, y_test, proba.argmax(axis=1), cm)
     write_text(layout.reports / "evaluate.md", report_markdown(result))
     write_json(layout.metrics("evaluate"), result)
@@ -247,6 +266,11 @@ def report_markdown(m: dict[str, Any]) -> str:
         ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if None not in (lo, hi) else ""
         lines += ["", f"Transfer gain: {100 * gain:+.1f} points{ci} (paired bootstrap)."]
     lines += ["", f"**Verdict: {_verdict(m)}.**", ""]
+    if m.get("deployed") == "baseline":
+        lines += [f"**Deployed: the {m['best_baseline']} baseline, not the transferred model.** "
+                  "evaluate.on_negative_transfer is use_baseline, so the export stage publishes "
+                  "models/baseline.pt (trained from scratch on the same images) as "
+                  "models/model.onnx.", ""]
     return "\n".join(lines)
 
 
@@ -265,4 +289,8 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"WARNING: {_verdict(m)}")
     else:
         lines.append(_verdict(m))
+    if m.get("deployed") == "baseline":
+        lines.append(f"DEPLOYING THE BASELINE: export will publish {m['best_baseline']} "
+                     "(models/baseline.pt), not the transferred model (on_negative_transfer: "
+                     "use_baseline)")
     return lines

@@ -9,6 +9,10 @@ Gates, all on the test split of the manifest:
   `export.max_int8_drop` accuracy points against fp32, fp16 at most `export.max_fp16_drop`.
 A variant that fails its gate is not published (a stale copy is removed, since it no longer
 belongs to model.onnx); the stage publishes what passed, writes the metrics, then raises.
+
+The network exported is `graft.checkpoint.deployed_checkpoint`: models/model.pt, or the
+from-scratch models/baseline.pt when the evaluate stage found negative transfer under
+`evaluate.on_negative_transfer: use_baseline` (the files then say `graft.deployed = baseline`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 
 import graft
-from graft.checkpoint import load_checkpoint
+from graft.checkpoint import deployed_checkpoint, load_checkpoint
 from graft.config import Params
 from graft.files import sha256_file, write_json
 from graft.images import Preprocessing
@@ -52,7 +56,8 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
             f"{layout.params}: export.opset is {cfg.opset}; supported {MIN_OPSET}..{MAX_OPSET}"
         )
     start = time.perf_counter()
-    model, meta = load_checkpoint(layout.model)
+    source = deployed_checkpoint(layout)
+    model, meta = load_checkpoint(source)
     preprocessing: Preprocessing = meta["preprocessing"]
     names = list(meta["class_names"])
     df = read_manifest(layout.manifest)
@@ -66,7 +71,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     # Candidates are built in a hidden folder beside the outputs, so publishing is a rename.
     with tempfile.TemporaryDirectory(prefix=".export-", dir=layout.models) as tmp_dir:
         tmp = Path(tmp_dir)
-        base = _metadata(meta, layout.model, len(test_paths))
+        base = _metadata(meta, source, len(test_paths))
         files = {"fp32": tmp / layout.onnx.name}
         to_onnx(model, files["fp32"], preprocessing.size, cfg.opset, output_name="logits",
                 metadata=base)
@@ -125,6 +130,8 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
         "onnx_mb": round(layout.onnx.stat().st_size / 2**20, 3),
         "opset": cfg.opset,
         "backbone": meta["backbone"],
+        "source": str(_relative(source, layout.root)),
+        "deployed": _deployed(meta),
         "input_size": preprocessing.size,
         "n_classes": len(names),
         **parity,
@@ -235,10 +242,17 @@ def _metadata(meta: dict[str, Any], model_path: Path, n_test: int) -> dict[str, 
         "backbone": meta["backbone"],
         "version": graft.__version__,
         "strategy": info.get("strategy", "unknown"),
+        "deployed": _deployed(meta),
         "params_sha256": hashlib.sha256(training.encode()).hexdigest(),  # finetune params
         "source_sha256": sha256_file(model_path),  # which model.pt this file came from
         "n_test": n_test,
     }
+
+
+def _deployed(meta: dict[str, Any]) -> str:
+    """'baseline' for a from-scratch baseline network, 'model' for the transferred one."""
+    network = meta.get("network") or {}
+    return "baseline" if network.get("kind") == "baseline" else "model"
 
 
 def _path_of(layout: Layout, name: str) -> Path:

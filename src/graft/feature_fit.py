@@ -35,6 +35,7 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from graft.heads import KernelHead, build_head, head_logits, head_spec, norm_parts, normalise
+from graft.views import with_views
 
 CV_FOLDS = 5  # at most, when there are no validation rows
 LOG_S_BOUNDS = (np.log(1e-2), np.log(1e3))  # temperature search range (multiplier of logits)
@@ -77,33 +78,37 @@ def default_setting(settings: list[dict[str, Any]]) -> dict[str, Any]:
 
 def fit_strategy(strategy: str, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
                  n_classes: int, feature_norm: str, settings: list[dict[str, Any]],
-                 class_weight: str, seed: int) -> Fitted:
-    """Choose a setting on held-out rows, fit the temperature there, refit on all rows."""
+                 class_weight: str, seed: int, views: np.ndarray | None = None) -> Fitted:
+    """Choose a setting on held-out rows, fit the temperature there, refit on all rows.
+    `views` (graft.views, (n, N, D) aligned with `feats`) are fitted on with their rows."""
     mean, l2 = norm_parts(feature_norm, feats[is_train])
     z = normalise(feats, mean, l2)
+    zv = None if views is None else normalise(views, mean, l2)
     z_tr, y_tr = z[is_train], y[is_train]
+    zv_tr = None if zv is None else zv[is_train]
     has_val = bool((~is_train).any())
     if not has_val and np.bincount(y_tr, minlength=n_classes).min() == 1:
         setting = default_setting(settings)
-        head, spec = make_head(_fit(strategy, z, y, n_classes, setting, class_weight),
+        head, spec = make_head(_fit(strategy, *with_views(z, y, zv), n_classes, setting,
+                                    class_weight),
                                feature_norm, mean, 1.0, z.shape[1], n_classes)
         return Fitted(head, spec, {**setting, "temperature": 1.0}, None, "default",
                       [{**setting, "val_accuracy": None}])
     scores, held = [], []
     for setting in settings:
         if has_val:
-            logits = _decide(_fit(strategy, z_tr, y_tr, n_classes, setting, class_weight),
-                             z[~is_train])
+            logits = _decide(_fit(strategy, *with_views(z_tr, y_tr, zv_tr), n_classes, setting,
+                                  class_weight), z[~is_train])
             y_held = y[~is_train]
         else:
             logits, y_held = _out_of_fold(strategy, z_tr, y_tr, n_classes, setting,
-                                          class_weight, seed)
+                                          class_weight, seed, zv_tr)
         acc = float((logits.argmax(1) == y_held).mean())
         scores.append({**setting, "val_accuracy": acc})
         held.append(logits)
     best = max(range(len(settings)), key=lambda i: (scores[i]["val_accuracy"], -i))
     temperature = fit_temperature(held[best], y_held)
-    decision = _fit(strategy, z, y, n_classes, settings[best], class_weight)
+    decision = _fit(strategy, *with_views(z, y, zv), n_classes, settings[best], class_weight)
     head, spec = make_head(decision, feature_norm, mean, temperature, z.shape[1], n_classes)
     return Fitted(head, spec, {**settings[best], "temperature": temperature},
                   scores[best]["val_accuracy"], "val" if has_val else "cv", scores)
@@ -174,7 +179,8 @@ def _decide(decision: dict[str, Any], z: np.ndarray) -> np.ndarray:
 
 
 def _out_of_fold(strategy: str, z: np.ndarray, y: np.ndarray, k: int, setting: dict[str, Any],
-                 class_weight: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                 class_weight: str, seed: int, views: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     smallest = int(np.bincount(y, minlength=k).min())
     if smallest < 2:
         raise FeatureFitError("no validation rows and a class has fewer than 2 training images: "
@@ -182,7 +188,8 @@ def _out_of_fold(strategy: str, z: np.ndarray, y: np.ndarray, k: int, setting: d
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, smallest), shuffle=True, random_state=seed)
     logits = np.zeros((len(y), k))
     for tr, te in folds.split(z, y):
-        logits[te] = _decide(_fit(strategy, z[tr], y[tr], k, setting, class_weight), z[te])
+        fold = with_views(z[tr], y[tr], None if views is None else views[tr])
+        logits[te] = _decide(_fit(strategy, *fold, k, setting, class_weight), z[te])
     return logits, y
 
 

@@ -8,12 +8,18 @@ sha-keyed store in the work folder is shared by every cell, so each image is emb
 backbone), then finetune for each strategy. The test split is scored from the cached test
 embeddings through the saved checkpoint's head (the head maps pooled backbone features to logits;
 the network strategies change the backbone, so their test images go through the whole saved
-network). Each cell also scores the raw-pixel logistic regression (graft.baselines), so transfer
+network; the `ensemble` strategy averages linear_probe/prototype/svm heads, whichever of them
+`strategies` lists, over all of `backbones`, and is reported as backbone "ensemble"). Each cell
+also scores the raw-pixel logistic regression (graft.baselines), so transfer
 is compared with learning from scratch on the same images.
 
+Before training, each backbone's training features are scored with graft.rank (LogME,
+H-score), as `features.backbone: auto` and `graft rank` do; `ranking_check` then says how often
+each score's top backbone was the one that reached the best accuracy, per feature strategy.
+
 Outputs (atomic): results.csv (one row per run), results.md (mean ± 95% t-interval over the
-episodes per cell), plots/accuracy_vs_shots.csv (long format for `dvc plots`) and metrics.json
-(the best cell per dataset and shots).
+episodes per cell), plots/accuracy_vs_shots.csv (long format for `dvc plots`), ranking.csv (the
+scores per episode) and metrics.json (the best cell per dataset and shots, the ranking check).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from graft import features, finetune, ingest
+from graft import features, finetune, ingest, rank
 from graft.baselines import load_split, pixels_logreg
 from graft.checkpoint import load_checkpoint
 from graft.config import ConfigError, Params, build_section, params_from_dict
@@ -41,6 +47,9 @@ from graft.manifest import absolute_paths, class_names, read_manifest
 BASELINE = ("pixels", "pixels_logreg")  # (backbone, strategy) columns of the baseline rows
 RESULT_COLUMNS = ("dataset", "backbone", "strategy", "shots", "episode", "accuracy", "seconds")
 CELL = ["dataset", "backbone", "strategy", "shots"]
+RANK_COLUMNS = ("dataset", "shots", "episode", "backbone", "logme", "h_score")
+EPISODE = ["dataset", "shots", "episode"]
+ENSEMBLE = "ensemble"  # the backbone column of the ensemble rows (all of `backbones`)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class FewshotParams:
         default_factory=lambda: ["fashion-mnist", "digits"])
     fashion_mnist_path: str = "/usr/share/datasets/fashion-mnist"  # idx files; relative: to workdir
     shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # training images per class
-    strategies: list[Literal["linear_probe", "prototype", "svm", "finetune", "lp_ft"]] = field(
+    strategies: list[Literal["linear_probe", "prototype", "svm", "finetune", "lp_ft",
+                             "ensemble"]] = field(
         default_factory=lambda: ["linear_probe", "prototype", "svm"])
     backbones: list[str] = field(default_factory=lambda: [
         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
@@ -58,6 +68,7 @@ class FewshotParams:
     test_size: int | None = 2000  # stratified cap on test images (Fashion-MNIST official test)
     test_fraction: float = 0.2  # per class held out as test when the source has no test set
     image_size: int = 224  # backbone input, pixels
+    views: int = 0  # augmented views per training image for the feature strategies (graft.views)
     baseline_image_size: int = 32  # raw-pixel logistic regression input, pixels
     seed: int = 0
     workdir: str = "work"  # ingest/features/models of the runs; relative to the params file
@@ -90,13 +101,15 @@ def cell_params(p: FewshotParams, dataset: str, episode: int, shots: int, backbo
                 strategy: str) -> Params:
     """The pipeline Params of one run: ingest overrides, backbone, strategy, seeds."""
     seed = p.seed + episode
+    members = [s for s in p.strategies if s in finetune.FEATURE_STRATEGIES] or ["linear_probe"]
     return params_from_dict({
         "ingest": {"source": dataset, "path": p.fashion_mnist_path, "shots_per_class": shots,
                    "val_per_class": 0, "test_size": p.test_size,
                    "test_fraction": p.test_fraction, "seed": seed},
-        "features": {"backbone": backbone, "image_size": p.image_size},
+        "features": {"backbone": backbone, "image_size": p.image_size, "views": p.views},
         "finetune": {"strategy": strategy, "seed": seed,
-                     "feature_norm": "none" if strategy in finetune.NETWORK else p.feature_norm},
+                     "feature_norm": "none" if strategy in finetune.NETWORK else p.feature_norm,
+                     "ensemble_backbones": p.backbones, "ensemble_strategies": members},
         "evaluate": {"baseline_image_size": p.baseline_image_size, "seed": seed},
     }, source=f"fewshot {dataset} episode {episode} shots {shots}")
 
@@ -106,6 +119,7 @@ def run(p: FewshotParams, out: Path, log: bool = True) -> dict:
     started = time.perf_counter()
     layout = Layout(out / p.workdir)
     rows: list[list] = []
+    scores: list[list] = []  # graft.rank's scores of each backbone, per episode
     for dataset in p.datasets:
         for episode in range(p.episodes):
             for shots in sorted(p.shots):
@@ -116,18 +130,29 @@ def run(p: FewshotParams, out: Path, log: bool = True) -> dict:
                 y_test = _labels(test, class_names(df))
                 rows.append([dataset, *BASELINE, shots, episode,
                              *_baseline(base, layout, df, y_test)])
-                for backbone in p.backbones:
-                    features.run(cell_params(p, dataset, episode, shots, backbone,
-                                             p.strategies[0]), layout)
-                    for strategy in p.strategies:
-                        params = cell_params(p, dataset, episode, shots, backbone, strategy)
-                        acc, secs = _score(params, layout, test, y_test)
-                        rows.append([dataset, backbone, strategy, shots, episode, acc, secs])
-                        if log:
-                            print(f"{dataset} episode {episode} {shots}-shot {backbone} "
-                                  f"{strategy}: {acc:.4f} ({secs:.1f} s)", flush=True)
+                runs = [(b, s) for b in p.backbones for s in p.strategies if s != "ensemble"]
+                if "ensemble" in p.strategies:  # after every backbone's features exist
+                    runs.append((ENSEMBLE, "ensemble"))
+                embedded = None
+                for backbone, strategy in runs:
+                    name = p.backbones[0] if backbone == ENSEMBLE else backbone
+                    params = cell_params(p, dataset, episode, shots, name, strategy)
+                    if backbone not in (ENSEMBLE, embedded):
+                        features.run(params, layout)
+                        embedded = backbone
+                        train, y_train = rank.training_rows(df, layout.manifest)
+                        scored = rank.score(features.load_features(layout, params, train),
+                                            y_train)
+                        scores.append([dataset, shots, episode, backbone, scored["logme"],
+                                       scored["h_score"]])
+                    acc, secs = _score(params, layout, test, y_test)
+                    rows.append([dataset, backbone, strategy, shots, episode, acc, secs])
+                    if log:
+                        print(f"{dataset} episode {episode} {shots}-shot {backbone} "
+                              f"{strategy}: {acc:.4f} ({secs:.1f} s)", flush=True)
     return write_outputs(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), out,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started,
+                         pd.DataFrame(scores, columns=list(RANK_COLUMNS)))
 
 
 def _labels(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -141,7 +166,11 @@ def _score(params: Params, layout: Layout, test: pd.DataFrame, y_test: np.ndarra
     t0 = time.perf_counter()
     finetune.run(params, layout)
     model, meta = load_checkpoint(layout.model)
-    if params.finetune.strategy in finetune.NETWORK:  # the backbone changed: whole network
+    if params.finetune.strategy == "ensemble":  # each member's head on its backbone's cache
+        logits = model.head_logits({b: features.load_features(
+            layout, features.with_backbone(params, b), test)
+            for b in params.finetune.ensemble_backbones})
+    elif params.finetune.strategy in finetune.NETWORK:  # the backbone changed: whole network
         logits = run_model(model, absolute_paths(test, layout.manifest), meta["preprocessing"],
                            params.features.batch_size, pick_device())
     else:  # the backbone is the pretrained one: its cached test embeddings through the head
@@ -202,8 +231,36 @@ def best_cells(cells: pd.DataFrame) -> dict:
     return best
 
 
-def write_outputs(results: pd.DataFrame, out: Path, wall_s: float) -> dict:
-    """results.csv, results.md, plots/accuracy_vs_shots.csv and metrics.json under `out`."""
+def ranking_check(results: pd.DataFrame, scores: pd.DataFrame) -> dict:
+    """{score: {strategy: ...}}: over the episodes (dataset, shots, episode), how often the
+    backbone with the highest score was the most accurate one for that strategy
+    (`picked_best` of `episodes`, ties in accuracy count as a hit), and the mean accuracy lost
+    to the best backbone by following the score (`mean_regret`, points), overall and per
+    dataset."""
+    runs = results[results["strategy"].isin(finetune.FEATURE_STRATEGIES)
+                   & results["backbone"].isin(scores["backbone"])]
+    check: dict = {}
+    for score in ("logme", "h_score"):
+        picks = scores.loc[scores.groupby(EPISODE)[score].idxmax(), [*EPISODE, "backbone"]]
+        for strategy, group in runs.groupby("strategy", sort=True):
+            best = group.groupby(EPISODE)["accuracy"].max().rename("best")
+            picked = group.merge(picks, on=[*EPISODE, "backbone"]).set_index(EPISODE)["accuracy"]
+            table = pd.concat([best, picked.rename("picked")], axis=1).dropna().reset_index()
+            table["hit"] = table["picked"] >= table["best"]
+            table["regret"] = 100 * (table["best"] - table["picked"])
+            summary = {"picked_best": int(table["hit"].sum()), "episodes": int(len(table)),
+                       "mean_regret": round(float(table["regret"].mean()), 2)}
+            summary["by_dataset"] = {
+                str(name): {"picked_best": int(part["hit"].sum()), "episodes": int(len(part)),
+                            "mean_regret": round(float(part["regret"].mean()), 2)}
+                for name, part in table.groupby("dataset", sort=True)}
+            check.setdefault(score, {})[str(strategy)] = summary
+    return check
+
+
+def write_outputs(results: pd.DataFrame, out: Path, wall_s: float,
+                  scores: pd.DataFrame | None = None) -> dict:
+    """results.csv, results.md, plots/accuracy_vs_shots.csv, ranking.csv and metrics.json."""
     write_csv(out / "results.csv", RESULT_COLUMNS,
               results[list(RESULT_COLUMNS)].itertuples(index=False, name=None))
     cells = summarise(results)
@@ -213,5 +270,9 @@ def write_outputs(results: pd.DataFrame, out: Path, wall_s: float) -> dict:
               zip(cells["shots"], cells["mean"].round(4), series, strict=True))
     metrics = {"best": best_cells(cells), "runs": int(len(results)),
                "wall_seconds": round(wall_s, 1)}  # features and ingest included
+    if scores is not None and len(scores):
+        write_csv(out / "ranking.csv", RANK_COLUMNS,
+                  scores[list(RANK_COLUMNS)].itertuples(index=False, name=None))
+        metrics["ranking_check"] = ranking_check(results, scores)
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -20,6 +20,10 @@ Strategies (`finetune.strategy`):
   stay unseen for early stopping), then every trainable weight, the head included, fine-tuned at
   the small `backbone_lr`. Starting from a good head keeps the first gradients from distorting
   the pretrained features, which is what a random head does.
+- `ensemble`: one member per pair of `ensemble_backbones` × `ensemble_strategies` (feature
+  strategies), each fitted exactly as that strategy alone on that backbone's cached embeddings;
+  the saved network (graft.ensemble) averages the members' probabilities. Its val_accuracy is
+  null (every member is refitted on train + val); metrics list each member's own held-out score.
 - `auto`: graft.auto scores the feature strategies (and their settings) on val, or by repeated
   stratified k-fold on train + val when val is small, then tries lp_ft when the rest of
   `budget_s` fits its estimated time (from its first epoch); the best is refitted as that
@@ -41,12 +45,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from graft import auto
-from graft.backbones import create_model, get_spec
+from graft import auto, ensemble
+from graft.backbones import BACKBONES, create_model, get_spec
 from graft.checkpoint import save_checkpoint
 from graft.config import ConfigError, FinetuneParams, Params
 from graft.feature_fit import candidates, fit_strategy
-from graft.features import load_features
+from graft.features import load_features, load_views, resolve_backbone, with_backbone
 from graft.files import write_csv, write_json
 from graft.heads import head_logits, head_spec, install_head, last_linear, norm_parts, normalise
 from graft.images import Preprocessing, read_image
@@ -60,6 +64,7 @@ log = logging.getLogger(__name__)
 
 PROBE_CSV = ("step", "C", "val_accuracy")
 FEATURE_HEADS = ("svm", "prototype")  # graft.feature_fit strategies
+FEATURE_STRATEGIES = ("linear_probe", *FEATURE_HEADS)  # fitted on cached embeddings
 NETWORK = ("finetune", "lp_ft")  # strategies that train the network (graft.training)
 EPOCH_CSV = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr")
 
@@ -82,6 +87,8 @@ class _Outcome:
     selection: str = "val"
     probe_selection: Selection | None = None  # the C chosen for a linear_probe / lp_ft head
     auto: dict | None = None  # the auto search: every candidate and the chosen one
+    network: dict | None = None  # graft.checkpoint `network` entry (ensemble)
+    members: list[dict] | None = None  # ensemble: each member and its held-out score
 
 
 @dataclasses.dataclass
@@ -92,11 +99,13 @@ class _Inputs:
     y: np.ndarray
     is_train: np.ndarray
     feats: np.ndarray
+    views: np.ndarray | None  # features.views augmented views of each row (graft.views)
     backbone: str
     n_classes: int
     pre: Preprocessing
     device: torch.device
     images: Callable[[], torch.Tensor]  # uint8 (N, 3, S, S), decoded on the first call only
+    features_of: Callable[[str], tuple[np.ndarray, np.ndarray | None]]  # another backbone's
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -110,13 +119,20 @@ def run(params: Params, layout: Layout) -> dict:
     classes = class_names(df)
     y = _label_indices(rows, classes, str(layout.manifest))
     is_train = (rows["split"] == "train").to_numpy(copy=True)  # writable: torch indexes with it
-    backbone = params.features.backbone
+    backbone = resolve_backbone(params, layout)  # features.backbone auto: the stage's choice
     pre = get_spec(backbone).preprocessing(params.features.image_size)
     images = functools.cache(lambda: _decode(absolute_paths(rows, layout.manifest), pre,
                                              params.validate.max_pixels))
-    inputs = _Inputs(rows, y, is_train, load_features(layout, params, rows), backbone,
-                     len(classes), pre, pick_device(), images)
-    out = _auto(p, inputs) if p.strategy == "auto" else _fit(p, inputs)
+    def features_of(name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        named = with_backbone(params, name)
+        return load_features(layout, named, rows), load_views(layout, named, rows)
+
+    inputs = _Inputs(rows, y, is_train, *features_of(backbone), backbone, len(classes), pre,
+                     pick_device(), images, features_of)
+    fit = {"auto": _auto, "ensemble": _ensemble}.get(p.strategy, _fit)
+    out = fit(p, inputs)
+    if out.network:  # the ensemble: a name for reports; the members are in `network`
+        backbone = "ensemble:" + "+".join(p.ensemble_backbones)
     selection = out.probe_selection or Selection(None, None, None, [])
     history, device = out.history, inputs.device
     fitted = auto.as_params(p, out.auto["chosen"]) if out.auto else p  # what was fitted
@@ -134,11 +150,12 @@ def run(params: Params, layout: Layout) -> dict:
         "feature_norm": fitted.feature_norm if fitted.strategy not in NETWORK else "none",
         **({"setting": out.setting, "candidates": out.candidates} if out.setting else {}),
         **({"auto": out.auto} if out.auto else {}),
+        **({"members": out.members} if out.members else {}),
         "seconds": round(time.perf_counter() - started, 2),
         "device": device.type,
     }
     save_checkpoint(layout.model, out.model.cpu(), backbone, classes, pre, head=out.head_spec,
-                    strategy=p.strategy, fitted_strategy=fitted.strategy,
+                    network=out.network, strategy=p.strategy, fitted_strategy=fitted.strategy,
                     params=dataclasses.asdict(fitted), C=selection.C,
                     val_accuracy=out.val_accuracy, epochs_run=metrics["epochs_run"],
                     best_epoch=metrics["best_epoch"])
@@ -150,17 +167,19 @@ def run(params: Params, layout: Layout) -> dict:
 def _fit(p: FinetuneParams, d: _Inputs, budget_s: float | None = None) -> _Outcome:
     """Fit one (non-auto) strategy on a fresh pretrained network."""
     model = create_model(d.backbone, d.n_classes)
-    y, is_train, feats = d.y, d.is_train, d.feats
+    y, is_train, feats, views = d.y, d.is_train, d.feats, d.views
     if p.strategy in FEATURE_HEADS:
-        out = _feature_head(model, feats, y, is_train, p)
+        out = _feature_head(model, feats, y, is_train, p, views)
         out.probe_selection = Selection(out.setting.get("C"), out.selection, out.val_accuracy, [])
         return out
     if p.strategy == "linear_probe":
         mean, l2 = norm_parts(p.feature_norm, feats[is_train])
         z = normalise(feats, mean, l2)
+        zv = None if views is None else normalise(views, mean, l2)
         selection = select_c(z[is_train], y[is_train], z[~is_train], y[~is_train], p.c_grid,
-                             p.class_weight, d.n_classes, p.seed)
-        return _linear_probe(model, z, y, is_train, selection, p, mean)
+                             p.class_weight, d.n_classes, p.seed,
+                             None if zv is None else zv[is_train])
+        return _linear_probe(model, z, y, is_train, selection, p, mean, zv)
     selection = None
     if p.strategy == "lp_ft":
         selection = select_c(feats[is_train], y[is_train], feats[~is_train], y[~is_train],
@@ -186,7 +205,7 @@ def _auto(p: FinetuneParams, d: _Inputs) -> _Outcome:
     started = time.perf_counter()
     method = auto.scoring_method(d.y, d.is_train, d.n_classes)
     scored = auto.score_candidates(auto.feature_candidates(p), d.feats, d.y, d.is_train,
-                                   d.n_classes, p, method, started + p.budget_s)
+                                   d.n_classes, p, method, started + p.budget_s, d.views)
     lp_ft: dict = {"strategy": "lp_ft"}
     lp_out = None
     remaining = p.budget_s - (time.perf_counter() - started)
@@ -211,12 +230,35 @@ def _auto(p: FinetuneParams, d: _Inputs) -> _Outcome:
     return out
 
 
+def _ensemble(p: FinetuneParams, d: _Inputs) -> _Outcome:
+    """Fit every member (graft.ensemble) and assemble them into one network."""
+    members, heads, feats = [], [], {}
+    for name in p.ensemble_backbones:
+        feats[name], views = d.features_of(name)
+        for strategy in p.ensemble_strategies:
+            out = _fit(dataclasses.replace(p, strategy=strategy),
+                       dataclasses.replace(d, feats=feats[name], views=views, backbone=name))
+            heads.append(out.model.classifier)
+            setting = out.setting or {"C": out.probe_selection.C}
+            members.append({"backbone": name, "strategy": strategy, "head": out.head_spec,
+                            "val_accuracy": out.val_accuracy,
+                            "selection": out.probe_selection.method, "setting": setting})
+    model = ensemble.assemble(members, heads)
+    logits = model.head_logits({name: f[d.is_train] for name, f in feats.items()})
+    train_accuracy = float((logits.argmax(1) == d.y[d.is_train]).mean())
+    rows = [[i, m["backbone"], m["strategy"], m["val_accuracy"]] for i, m in enumerate(members)]
+    return _Outcome(model, None, train_accuracy, ("member", "backbone", "strategy",
+                                                  "val_accuracy"), rows,
+                    network=ensemble.spec(members), members=members)
+
+
 def _linear_probe(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
-                  selection: Selection, p: FinetuneParams, mean: np.ndarray | None) -> _Outcome:
+                  selection: Selection, p: FinetuneParams, mean: np.ndarray | None,
+                  views: np.ndarray | None = None) -> _Outcome:
     """Refit on train + val with the chosen C (all the labels; see the module docstring).
     `feats` are already normalised (`feature_norm`); the head repeats that normalisation."""
     n_classes = model.classifier.out_features
-    probe = fit_probe(feats, y, selection.C, p.class_weight, n_classes)
+    probe = fit_probe(feats, y, selection.C, p.class_weight, n_classes, views)
     spec = head_spec(p.feature_norm)
     head = install_head(model, spec)
     if mean is not None:
@@ -230,12 +272,12 @@ def _linear_probe(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_t
 
 
 def _feature_head(model: torch.nn.Module, feats: np.ndarray, y: np.ndarray, is_train: np.ndarray,
-                  p: FinetuneParams) -> _Outcome:
+                  p: FinetuneParams, views: np.ndarray | None = None) -> _Outcome:
     """svm or prototype (graft.feature_fit), installed as the network's classifier."""
     n_classes = model.classifier.out_features
     settings = candidates(p.strategy, p.svm_kernels, p.svm_c_grid, p.svm_gamma_grid)
     fitted = fit_strategy(p.strategy, feats, y, is_train, n_classes, p.feature_norm, settings,
-                          p.class_weight, p.seed)
+                          p.class_weight, p.seed, views)
     model.classifier = fitted.head
     logits = head_logits(fitted.head, feats[is_train])
     train_accuracy = float((logits.argmax(1) == y[is_train]).mean())
@@ -266,6 +308,13 @@ def check_params(p: FinetuneParams, source: str = "params") -> None:
         ("mixup", p.mixup >= 0, "≥ 0"),
         ("cutmix", p.cutmix >= 0, "≥ 0"),
         ("budget_s", p.budget_s > 0, "> 0"),
+        ("ensemble_backbones", bool(p.ensemble_backbones)
+         and set(p.ensemble_backbones) <= set(BACKBONES)
+         and len({get_spec(b).mean + get_spec(b).std for b in p.ensemble_backbones}) == 1,
+         f"a non-empty list of {', '.join(BACKBONES)} (one preprocessing: mean and std)"),
+        ("ensemble_strategies", bool(p.ensemble_strategies)
+         and set(p.ensemble_strategies) <= set(FEATURE_STRATEGIES),
+         f"a non-empty list of {', '.join(FEATURE_STRATEGIES)}"),
         ("svm_kernels", bool(p.svm_kernels) and set(p.svm_kernels) <= {"linear", "rbf"},
          "a non-empty list of linear, rbf"),
         ("svm_c_grid", bool(p.svm_c_grid) and all(c > 0 for c in p.svm_c_grid),

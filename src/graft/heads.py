@@ -32,12 +32,13 @@ Norm = Literal["none", "center", "l2", "center_l2"]
 
 
 def normalise(x: np.ndarray, mean: np.ndarray | None, l2: bool) -> np.ndarray:
-    """float64 copy of `x` (N, D), centred on `mean` when given, then L2-normalised when `l2`."""
+    """float64 copy of `x` (N, D), or (N, V, D) views, centred on `mean` when given, then
+    L2-normalised along the last axis when `l2`."""
     z = np.asarray(x, np.float64)
     if mean is not None:
         z = z - mean
     if l2:
-        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), EPS)
+        z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), EPS)
     return z
 
 

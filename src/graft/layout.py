@@ -46,6 +46,11 @@ class Layout:
         return self.models / "model.pt"
 
     @property
+    def baseline_model(self) -> Path:
+        """The best from-scratch baseline (evaluate stage), shipped under use_baseline."""
+        return self.models / "baseline.pt"
+
+    @property
     def onnx(self) -> Path:
         return self.models / "model.onnx"
 

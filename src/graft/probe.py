@@ -22,6 +22,8 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from graft.views import with_views
+
 log = logging.getLogger(__name__)
 
 MAX_ITER = 2000  # lbfgs iterations; few-shot problems converge in well under 500
@@ -77,9 +79,12 @@ class Probe:
 
 
 def fit_probe(
-    features: np.ndarray, labels: np.ndarray, C: float, class_weight: str, n_classes: int
+    features: np.ndarray, labels: np.ndarray, C: float, class_weight: str, n_classes: int,
+    views: np.ndarray | None = None,
 ) -> Probe:
-    """Standardise, then fit lbfgs logistic regression (multinomial for more than two classes)."""
+    """Standardise, then fit lbfgs logistic regression (multinomial for more than two classes),
+    on the rows and their augmented views (graft.views; (n, N, D) aligned with the rows)."""
+    features, labels = with_views(features, labels, views)
     x = np.asarray(features, np.float64)
     scaler = StandardScaler().fit(x)  # constant features get scale 1
     clf = LogisticRegression(
@@ -110,10 +115,12 @@ def select_c(
     class_weight: str,
     n_classes: int,
     seed: int,
+    views_train: np.ndarray | None = None,
 ) -> Selection:
     """Best C by accuracy on the validation rows; ties go to the smaller C (stronger prior).
 
     Without validation rows, stratified k-fold CV on the training rows scores each C instead.
+    `views_train` (graft.views) are the training rows' views: fitted on, never scored.
     With neither (no val rows, every class present but one with a single training image, e.g. a
     1-shot episode) nothing can be scored: the grid's middle value is used (the upper middle for
     an even grid, 1.0 for the default grid: sklearn's default), method "default".
@@ -126,12 +133,12 @@ def select_c(
     if len(y_val):
         scores = []
         for c in grid:
-            probe = fit_probe(x_train, y_train, c, class_weight, n_classes)
+            probe = fit_probe(x_train, y_train, c, class_weight, n_classes, views_train)
             scores.append((c, float((probe.predict(x_val) == y_val).mean())))
         method: Literal["val", "cv"] = "val"
     else:
-        scores = [(c, _cv_accuracy(x_train, y_train, c, class_weight, n_classes, seed))
-                  for c in grid]
+        scores = [(c, _cv_accuracy(x_train, y_train, c, class_weight, n_classes, seed,
+                                   views_train)) for c in grid]
         method = "cv"
     best_c, best_acc = scores[0]
     for c, acc in scores[1:]:
@@ -141,7 +148,8 @@ def select_c(
 
 
 def _cv_accuracy(
-    x: np.ndarray, y: np.ndarray, C: float, class_weight: str, n_classes: int, seed: int
+    x: np.ndarray, y: np.ndarray, C: float, class_weight: str, n_classes: int, seed: int,
+    views: np.ndarray | None = None,
 ) -> float:
     smallest = int(np.bincount(y, minlength=n_classes).min())
     if smallest < 2:
@@ -152,7 +160,8 @@ def _cv_accuracy(
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, smallest), shuffle=True, random_state=seed)
     correct = 0
     for train_idx, test_idx in folds.split(x, y):
-        probe = fit_probe(x[train_idx], y[train_idx], C, class_weight, n_classes)
+        probe = fit_probe(x[train_idx], y[train_idx], C, class_weight, n_classes,
+                          None if views is None else views[train_idx])
         correct += int((probe.predict(x[test_idx]) == y[test_idx]).sum())
     return correct / len(y)  # pooled over folds: every training image is scored once
 

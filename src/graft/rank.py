@@ -13,20 +13,22 @@ ones missing are computed into the same store, at `features.image_size`):
   shrinkage estimate (the "regularised H-score" of Ibrahim et al. 2022).
 
 Writes metrics/rank.json (not a DVC stage: it reads the store and writes nothing the pipeline
-uses) and returns the ranking, best LogME first.
+uses) and returns the ranking, best LogME first. The features stage with `features.backbone:
+auto` scores with the same `score` and keeps the top LogME backbone (graft.features).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.covariance import LedoitWolf
 
 from graft.backbones import BACKBONES
 from graft.config import Params
-from graft.features import embed_missing
 from graft.files import write_json
 from graft.layout import Layout
 from graft.manifest import class_names, read_manifest
@@ -106,30 +108,48 @@ def h_score(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.trace(np.linalg.solve(cov, between)))
 
 
+def training_rows(df: pd.DataFrame, manifest: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The manifest's training rows and their class indices (graft.manifest.class_names order);
+    both scores need at least 2 classes."""
+    train = df.loc[df["split"] == "train"].reset_index(drop=True)
+    if train["label"].nunique() < 2:
+        raise RankError(f"{manifest}: training rows have fewer than 2 classes")
+    index = {c: i for i, c in enumerate(class_names(df))}
+    return train, train["label"].map(index).to_numpy()
+
+
+def score(features: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """One backbone's scores on its training features, rounded as reported: `graft rank` and the
+    features stage with `features.backbone: auto` both rank backbones with this."""
+    return {"logme": round(logme(features, labels), 6),
+            "h_score": round(h_score(features, labels), 4), "dim": int(features.shape[1])}
+
+
+def best_first(rows: list[dict]) -> list[dict]:
+    """Scored rows by LogME, highest first (stable: ties keep their order)."""
+    return sorted(rows, key=lambda r: -r["logme"])
+
+
 def run(params: Params, layout: Layout, backbones: list[str] | None = None) -> dict:
     """Score every backbone (default: all known) on the manifest's training rows; write
     metrics/rank.json; return it."""
+    # imported here, not at the top: graft.features imports this module for `score`
+    from graft.features import embed_missing, embeddings, with_backbone
+
     df = read_manifest(layout.manifest)
-    train = df.loc[df["split"] == "train"].reset_index(drop=True)
-    if train["label"].nunique() < 2:
-        raise RankError(f"{layout.manifest}: training rows have fewer than 2 classes")
-    index = {c: i for i, c in enumerate(class_names(df))}
-    y = train["label"].map(index).to_numpy()
+    train, y = training_rows(df, layout.manifest)
     rows = []
     for name in backbones or list(BACKBONES):
-        section = dataclasses.replace(params.features, backbone=name)
-        p = dataclasses.replace(params, features=section)
         t0 = time.perf_counter()
-        store, todo, _, _ = embed_missing(layout, p, train)
-        feats = np.stack([store[s] for s in train["sha256"]])
-        rows.append({"backbone": name, "image_size": section.image_size,
-                     "logme": round(logme(feats, y), 6), "h_score": round(h_score(feats, y), 4),
-                     "dim": int(feats.shape[1]), "n_computed": int(len(todo)),
+        store, todo, _, _ = embed_missing(layout, with_backbone(params, name), train)
+        rows.append({"backbone": name, "image_size": params.features.image_size,
+                     **score(embeddings(store, train), y), "n_computed": int(len(todo)),
                      "seconds": round(time.perf_counter() - t0, 2)})
-    rows.sort(key=lambda r: -r["logme"])
+    rows = best_first(rows)
     by_h = sorted(rows, key=lambda r: -r["h_score"])
-    result = {"n_train": int(len(train)), "n_classes": len(index), "best": rows[0]["backbone"],
-              "best_by_h_score": by_h[0]["backbone"], "ranking": rows}
+    result = {"n_train": int(len(train)), "n_classes": len(class_names(df)),
+              "best": rows[0]["backbone"], "best_by_h_score": by_h[0]["backbone"],
+              "ranking": rows}
     write_json(layout.rank, result)
     return result
 

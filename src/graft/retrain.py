@@ -33,6 +33,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from graft import gate, registry
+from graft.checkpoint import deployed_checkpoint
 from graft.config import load_params, params_from_dict
 from graft.files import sha256_file, write_json, write_text
 from graft.layout import Layout
@@ -132,7 +133,8 @@ def score_and_decide(root: str) -> dict[str, Any]:
     old = read_manifest(current / "manifest.csv") if current else None
     images = gate.evaluation_set(old, current / "testset" if current else None,
                                  read_manifest(layout.manifest), layout.manifest)
-    challenger = gate.score_checkpoint(layout.model, images, p.batch_size)
+    # the network export published (the baseline under on_negative_transfer: use_baseline)
+    challenger = gate.score_checkpoint(deployed_checkpoint(layout), images, p.batch_size)
     champion = (gate.score_checkpoint(current / "model.pt", images, p.batch_size)
                 if current else None)
     decision = gate.decide(champion, challenger, p.min_gain, p.max_class_drop)
@@ -148,17 +150,18 @@ def promote(root: str, result: dict[str, Any]) -> str:
     layout = Layout(Path(root))
     df = read_manifest(layout.manifest)
     test = df[df["split"] == "test"]
-    files = {"model.pt": layout.model, "params.yaml": layout.params,
+    model = deployed_checkpoint(layout)  # the network the ONNX files came from
+    files = {"model.pt": model, "params.yaml": layout.params,
              "manifest.csv": layout.manifest}
     files |= {p.name: p for p in sorted(layout.models.glob("*.onnx"))}
     files |= {f"metrics/{p.name}": p for p in sorted((layout.root / "metrics").glob("*.json"))}
     testset = {f"{sha}{Path(rel).suffix}": layout.prepared / rel
                for sha, rel in zip(test["sha256"], test["path"], strict=True)}
-    info = {"version": registry.version_id(layout.model),
+    info = {"version": registry.version_id(model),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "accuracy": result["challenger_score"]["accuracy"],
             "n_evaluation_images": result["challenger_score"]["n"],
-            "model_sha256": sha256_file(layout.model),
+            "model_sha256": sha256_file(model),
             "manifest_hash": result["change"]["manifest_hash"],
             "replaced": result.get("champion_version"), "reasons": result["reasons"]}
     staged = registry.stage(layout.models, files, info, testset)

@@ -20,7 +20,9 @@ def _graft_imports(module: str, seen: set[str] | None = None) -> set[str]:
     path = REPO / "src" / Path(*module.split(".")).with_suffix(".py")
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("graft"):
+        if isinstance(node, ast.ImportFrom) and node.module == "graft":  # from graft import x
+            names = [f"graft.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("graft"):
             names = [node.module]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names if a.name.startswith("graft.")]

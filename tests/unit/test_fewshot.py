@@ -17,8 +17,10 @@ from graft.feature_fit import default_setting, fit_strategy
 from graft.probe import select_c
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"datasets": ["digits"], "shots": [1, 3], "strategies": ["prototype", "linear_probe"],
-        "backbones": ["efficientnet_lite0"], "episodes": 2, "test_size": 100, "image_size": 32}
+BACKBONES = ["efficientnet_lite0", "efficientnet_lite1"]
+TINY = {"datasets": ["digits"], "shots": [1, 3],
+        "strategies": ["prototype", "linear_probe", "ensemble"], "backbones": BACKBONES,
+        "episodes": 2, "test_size": 100, "image_size": 32}
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +35,20 @@ def test_tiny_digits_run_writes_every_output(tiny_run: tuple[Path, dict]) -> Non
     out, metrics = tiny_run
     results = pd.read_csv(out / "results.csv")
     assert tuple(results.columns) == fewshot.RESULT_COLUMNS
-    # 2 shots × 2 episodes × (2 strategies + the raw-pixel baseline)
-    assert len(results) == 12 and set(results["episode"]) == {0, 1}
-    assert set(results["strategy"]) == {"prototype", "linear_probe", "pixels_logreg"}
+    # 2 shots × 2 episodes × (2 backbones × 2 strategies + the ensemble + the raw-pixel baseline)
+    assert len(results) == 24 and set(results["episode"]) == {0, 1}
+    assert set(results["strategy"]) == {"prototype", "linear_probe", "ensemble", "pixels_logreg"}
+    assert set(results.loc[results["strategy"] == "ensemble", "backbone"]) == {"ensemble"}
     assert results["accuracy"].between(0, 1).all() and (results["seconds"] >= 0).all()
 
     table = [line for line in (out / "results.md").read_text().splitlines()
              if line.startswith("| digits")]
-    assert len(table) == 6  # one row per (backbone, strategy, shots) cell
+    assert len(table) == 12  # one row per (backbone, strategy, shots) cell
     assert all(" ± " in line and line.rstrip().endswith("|") for line in table)
 
     with open(out / "plots" / "accuracy_vs_shots.csv", newline="") as fh:
         plot = list(csv.DictReader(fh))
-    assert len(plot) == 6 and set(plot[0]) == {"shots", "accuracy", "series"}
+    assert len(plot) == 12 and set(plot[0]) == {"shots", "accuracy", "series"}
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert set(saved["best"]["digits"]) == {"1", "3"}
@@ -54,9 +57,27 @@ def test_tiny_digits_run_writes_every_output(tiny_run: tuple[Path, dict]) -> Non
 def test_transfer_beats_chance_clearly_even_at_one_shot(tiny_run: tuple[Path, dict]) -> None:
     results = pd.read_csv(tiny_run[0] / "results.csv")
     means = results.groupby(["strategy", "shots"])["accuracy"].mean()
-    for strategy in ("prototype", "linear_probe"):
+    for strategy in ("prototype", "linear_probe", "ensemble"):
         assert means[strategy, 1] > 0.25, means  # chance is 0.10 (ten digits)
         assert means[strategy, 3] > 0.45, means
+
+
+def test_ranking_check_scores_each_backbone_and_counts_its_hits(tiny_run) -> None:
+    out, metrics = tiny_run
+    scores = pd.read_csv(out / "ranking.csv")
+    assert tuple(scores.columns) == fewshot.RANK_COLUMNS
+    assert len(scores) == 2 * 2 * len(BACKBONES)  # shots × episodes × backbones
+    results = pd.read_csv(out / "results.csv")
+    check = metrics["ranking_check"]["logme"]["linear_probe"]
+    assert check["episodes"] == 4
+    hits = 0  # recount: the top-LogME backbone's linear_probe accuracy is the best one
+    for (shots, episode), part in scores.groupby(["shots", "episode"]):
+        pick = part.loc[part["logme"].idxmax(), "backbone"]
+        runs = results[(results["shots"] == shots) & (results["episode"] == episode)
+                       & (results["strategy"] == "linear_probe")].set_index("backbone")
+        hits += runs.loc[pick, "accuracy"] >= runs.loc[BACKBONES, "accuracy"].max()
+    assert check["picked_best"] == hits and check["mean_regret"] >= 0
+    assert set(metrics["ranking_check"]) == {"logme", "h_score"}
 
 
 def test_interval_is_a_student_t_interval_over_episodes() -> None:

@@ -42,3 +42,47 @@ def test_fail_is_silent_when_transfer_wins(tmp_path) -> None:
 def test_unknown_mode_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="on_negative_transfer"):
         params_from_dict({"evaluate": {"on_negative_transfer": "ignore"}})
+
+
+def test_use_baseline_exports_the_baseline_and_says_so(tmp_path) -> None:
+    from graft import export
+    from graft.onnx_model import read_metadata
+
+    layout = make_project(tmp_path, zero_head=True)
+    base = tiny_params(cnn_epochs=2, on_negative_transfer="use_baseline").to_dict()
+    params = params_from_dict({**base, "export": {"int8": False, "fp16": False,
+                                                  "batch_size": 4}})
+    result = evaluate.run(params, layout)  # no exception: the baseline takes over
+    best = result["best_baseline"]
+    assert result["negative_transfer"] and result["deployed"] == "baseline"
+    assert result["deployed_network"] == best
+    assert "Deployed: the" in (layout.reports / "evaluate.md").read_text()
+    assert any("DEPLOYING THE BASELINE" in line for line in evaluate.summary_lines(result))
+
+    metrics = export.run(params, layout)
+    assert metrics["deployed"] == "baseline" and metrics["source"] == "models/baseline.pt"
+    shipped = read_metadata(layout.onnx)
+    assert shipped["deployed"] == "baseline" and shipped["backbone"] == best
+    assert int(shipped["input_size"]) == params.evaluate.baseline_image_size
+    # what ships is what evaluate scored: the ONNX file's test accuracy is the baseline's
+    assert metrics["accuracy"] == pytest.approx(result["baselines"][best])
+
+
+def test_warn_keeps_the_transferred_model_deployed(tmp_path) -> None:
+    from graft.checkpoint import deployed_checkpoint
+
+    layout = make_project(tmp_path, zero_head=True)
+    result = evaluate.run(tiny_params(cnn_epochs=2, on_negative_transfer="warn"), layout)
+    assert result["deployed"] == "model" and deployed_checkpoint(layout) == layout.model
+    assert layout.baseline_model.exists()  # written every time: a DVC output of the stage
+
+
+def test_a_verdict_about_another_model_is_refused(tmp_path) -> None:
+    from graft.checkpoint import deployed_checkpoint
+
+    layout = make_project(tmp_path, zero_head=True)
+    evaluate.run(tiny_params(cnn_epochs=2, on_negative_transfer="use_baseline"), layout)
+    assert deployed_checkpoint(layout) == layout.baseline_model
+    layout.model.write_bytes(layout.model.read_bytes() + b"\0")  # retrained since the verdict
+    with pytest.raises(ValueError, match="run the evaluate stage again"):
+        deployed_checkpoint(layout)
