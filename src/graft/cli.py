@@ -193,7 +193,9 @@ def bench(
 def rank(
     root: Root = Path("."),
     params: ParamsFile = None,
-    backbone: Annotated[list[str] | None, typer.Option(help="Default: every known one.")] = None,
+    backbone: Annotated[list[str] | None, typer.Option(
+        help="efficientnet_lite0/1/2 or timm:<name> (weights in features.weights_dir); "
+             "default: features.auto_backbones.")] = None,
 ) -> None:
     """Rank backbones by LogME and H-score on the training features (computes missing ones);
     prints the table, writes metrics/rank.json."""

@@ -42,14 +42,21 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class FeaturesParams:
-    # a graft.backbones.BACKBONES name, or "auto": the features stage embeds with each and keeps
-    # the top one by LogME (checked by graft.features.check_params)
+    # a graft.backbones.BACKBONES name, `timm:<timm model name>` (weights from weights_dir), or
+    # "auto": the features stage embeds with each of auto_backbones and keeps the top one by
+    # LogME (checked by graft.features.check_params)
     backbone: str = "efficientnet_lite0"
     image_size: int = 224
     batch_size: int = 32
     # augmented views per train/val image (graft.views: flip, then crop/flip/jitter draws) that
     # the feature strategies fit on as extra rows; 0 = none
     views: int = 0
+    # where `timm:<name>` backbones find <name>.safetensors / .pth / .pt (relative: to the
+    # project root); nothing is downloaded
+    weights_dir: str = "weights"
+    # the candidates of backbone: auto (and the default of `graft rank`)
+    auto_backbones: list[str] = field(default_factory=lambda: [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ members' averaged probabilities (and argmax their averaged vote). Averaging prob
 than logits keeps a confident member from drowning the others whatever its logit scale.
 
 All members must share one preprocessing (the EfficientNet-Lite family does: mean = std = 0.5,
-at `features.image_size`). The checkpoint's `network` entry is `spec()`; `build()` rebuilds
-the empty module from it.
+at `features.image_size`; a `timm:` member must have the same mean and std). The checkpoint's
+`network` entry is `spec()`; `build()` rebuilds the empty module from it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,11 +62,12 @@ def combine(member_logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.log(probs.clamp_min(MIN_PROBABILITY))
 
 
-def assemble(members: list[dict[str, Any]], heads: list[nn.Module]) -> Ensemble:
+def assemble(members: list[dict[str, Any]], heads: list[nn.Module],
+             weights_dir: Path | None = None) -> Ensemble:
     """The ensemble of fitted `heads` on pretrained bodies; `members[i]` names head i's
-    backbone."""
+    backbone (`timm:` ones read their weights from `weights_dir`, features.weights_dir)."""
     names = list(dict.fromkeys(m["backbone"] for m in members))  # first-seen order
-    bodies = {name: create_model(name, 0) for name in names}
+    bodies = {name: create_model(name, 0, weights_dir=weights_dir) for name in names}
     return Ensemble(bodies, heads, [m["backbone"] for m in members]).eval()
 
 

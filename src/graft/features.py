@@ -4,11 +4,13 @@ The store `data/features/<backbone>-<size>.npz` maps content hash (sha256) → e
 computes embeddings only for content the store lacks, so ten new images cost ten forward passes;
 changing the backbone or size uses (or builds) another store file.
 
-With `features.backbone: auto` every backbone in graft.backbones.BACKBONES embeds every manifest
-image (each into its own store), graft.rank scores each one's training rows (LogME, H-score) and
-the top LogME backbone is chosen. metrics/features.json records the choice (`backbone`) and the
-ranking (`backbone_selection`); the later stages read the choice there (`resolve_backbone`).
-With `finetune.strategy: ensemble` every `finetune.ensemble_backbones` embeds them too.
+With `features.backbone: auto` every backbone in `features.auto_backbones` (default: the three
+EfficientNet-Lite ones) embeds every manifest image (each into its own store), graft.rank scores
+each one's training rows (LogME, H-score) and the top LogME backbone is chosen.
+metrics/features.json records the choice (`backbone`) and the ranking (`backbone_selection`);
+the later stages read the choice there (`resolve_backbone`). With `finetune.strategy: ensemble`
+every `finetune.ensemble_backbones` embeds them too. A `timm:<name>` backbone (graft.backbones)
+reads its weights from `features.weights_dir`; its store is `timm-<name>-<size>.npz`.
 
 With `features.views: N` the train and val images also get N augmented views each (graft.views),
 cached in the same store under '<sha256>:<view>' keys; `load_views` gives them to the finetune
@@ -27,7 +29,7 @@ import pandas as pd
 import torch
 
 from graft import rank
-from graft.backbones import BACKBONES, create_model, get_spec
+from graft.backbones import BACKBONES, TIMM_PREFIX, create_model, get_spec, is_backbone
 from graft.config import ConfigError, FeaturesParams, Params
 from graft.files import atomic_output, write_json
 from graft.images import Preprocessing, read_image
@@ -36,7 +38,7 @@ from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest
 from graft.views import make_views, view_keys
 
-AUTO = "auto"  # features.backbone: choose among BACKBONES by LogME on the training rows
+AUTO = "auto"  # features.backbone: choose among auto_backbones by LogME on the training rows
 VIEW_SPLITS = ("train", "val")  # the rows that get augmented views (features.views)
 # embed_missing's result: (store, rows computed, device, seconds spent computing)
 EmbedRun = tuple[dict[str, np.ndarray], pd.DataFrame, torch.device, float]
@@ -48,9 +50,12 @@ class FeaturesError(ValueError):
 
 def check_params(p: FeaturesParams, source: str = "params") -> None:
     """Values the type check in graft.config cannot express; raises ConfigError naming the key."""
-    choices = [*BACKBONES, AUTO]
+    choices = f"{', '.join([*BACKBONES, AUTO])}, or {TIMM_PREFIX}<a timm.list_models() name>"
     rules = [
-        ("backbone", p.backbone in choices, f"one of {', '.join(choices)}"),
+        ("backbone", p.backbone == AUTO or is_backbone(p.backbone), f"one of {choices}"),
+        ("auto_backbones", bool(p.auto_backbones) and all(map(is_backbone, p.auto_backbones)),
+         f"a non-empty list of {', '.join(BACKBONES)} or {TIMM_PREFIX}<name>"),
+        ("weights_dir", bool(p.weights_dir), "a folder"),
         ("image_size", p.image_size >= 1, "≥ 1"),
         ("batch_size", p.batch_size >= 1, "≥ 1"),
         ("views", p.views >= 0, "≥ 0"),
@@ -89,9 +94,17 @@ def resolve_backbone(params: Params, layout: Layout) -> str:
     return written["backbone"]
 
 
+def weights_dir(params: Params, layout: Layout) -> Path:
+    """features.weights_dir, where `timm:` backbones find their weights, from the project root
+    (an absolute path stays as it is)."""
+    return layout.root / params.features.weights_dir
+
+
 def store_path(layout: Layout, params: Params) -> Path:
     """The store of the resolved backbone (see resolve_backbone) at features.image_size."""
-    return layout.features / f"{resolve_backbone(params, layout)}-{params.features.image_size}.npz"
+    # 'timm:resnet18' → 'timm-resnet18': no ':' in file names (Windows, scp, DVC remotes)
+    stem = resolve_backbone(params, layout).replace(":", "-")
+    return layout.features / f"{stem}-{params.features.image_size}.npz"
 
 
 def read_store(path: Path) -> dict[str, np.ndarray]:
@@ -158,7 +171,8 @@ def embed_missing(layout: Layout, params: Params, df: pd.DataFrame) -> EmbedRun:
     device = pick_device()
     compute_s = 0.0
     if len(todo) or len(views_todo):
-        model = create_model(cfg.backbone, num_classes=0)
+        model = create_model(cfg.backbone, num_classes=0,
+                             weights_dir=weights_dir(params, layout))
         pre = get_spec(cfg.backbone).preprocessing(cfg.image_size)
         t0 = time.perf_counter()
         if len(todo):
@@ -233,10 +247,10 @@ def run(params: Params, layout: Layout) -> dict:
 
 
 def needed_backbones(params: Params) -> list[str]:
-    """Every backbone the stage embeds with: all of them for `auto` (to choose one), else
-    features.backbone and, for the ensemble strategy, its members' backbones."""
+    """Every backbone the stage embeds with: features.auto_backbones for `auto` (to choose
+    one), else features.backbone and, for the ensemble strategy, its members' backbones."""
     if params.features.backbone == AUTO:
-        return list(BACKBONES)
+        return list(dict.fromkeys(params.features.auto_backbones))
     names = [params.features.backbone]
     if params.finetune.strategy == "ensemble":
         names += params.finetune.ensemble_backbones

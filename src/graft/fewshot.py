@@ -59,7 +59,7 @@ class FewshotParams:
     fashion_mnist_path: str = "/usr/share/datasets/fashion-mnist"  # idx files; relative: to workdir
     shots: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # training images per class
     strategies: list[Literal["linear_probe", "prototype", "svm", "finetune", "lp_ft",
-                             "ensemble"]] = field(
+                             "ensemble", "auto"]] = field(
         default_factory=lambda: ["linear_probe", "prototype", "svm"])
     backbones: list[str] = field(default_factory=lambda: [
         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
@@ -170,7 +170,7 @@ def _score(params: Params, layout: Layout, test: pd.DataFrame, y_test: np.ndarra
         logits = model.head_logits({b: features.load_features(
             layout, features.with_backbone(params, b), test)
             for b in params.finetune.ensemble_backbones})
-    elif params.finetune.strategy in finetune.NETWORK:  # the backbone changed: whole network
+    elif meta["info"]["fitted_strategy"] in finetune.NETWORK:  # a trained backbone: the network
         logits = run_model(model, absolute_paths(test, layout.manifest), meta["preprocessing"],
                            params.features.batch_size, pick_device())
     else:  # the backbone is the pretrained one: its cached test embeddings through the head
@@ -236,7 +236,8 @@ def ranking_check(results: pd.DataFrame, scores: pd.DataFrame) -> dict:
     backbone with the highest score was the most accurate one for that strategy
     (`picked_best` of `episodes`, ties in accuracy count as a hit), and the mean accuracy lost
     to the best backbone by following the score (`mean_regret`, points), overall and per
-    dataset."""
+    dataset; `random_regret` is what picking a backbone at random loses on average (the mean
+    backbone's accuracy below the best), the bar a useful score must clear."""
     runs = results[results["strategy"].isin(finetune.FEATURE_STRATEGIES)
                    & results["backbone"].isin(scores["backbone"])]
     check: dict = {}
@@ -245,17 +246,23 @@ def ranking_check(results: pd.DataFrame, scores: pd.DataFrame) -> dict:
         for strategy, group in runs.groupby("strategy", sort=True):
             best = group.groupby(EPISODE)["accuracy"].max().rename("best")
             picked = group.merge(picks, on=[*EPISODE, "backbone"]).set_index(EPISODE)["accuracy"]
-            table = pd.concat([best, picked.rename("picked")], axis=1).dropna().reset_index()
+            mean = group.groupby(EPISODE)["accuracy"].mean().rename("mean")
+            table = pd.concat([best, mean, picked.rename("picked")], axis=1).dropna()
+            table = table.reset_index()
             table["hit"] = table["picked"] >= table["best"]
             table["regret"] = 100 * (table["best"] - table["picked"])
-            summary = {"picked_best": int(table["hit"].sum()), "episodes": int(len(table)),
-                       "mean_regret": round(float(table["regret"].mean()), 2)}
-            summary["by_dataset"] = {
-                str(name): {"picked_best": int(part["hit"].sum()), "episodes": int(len(part)),
-                            "mean_regret": round(float(part["regret"].mean()), 2)}
-                for name, part in table.groupby("dataset", sort=True)}
+            table["random_regret"] = 100 * (table["best"] - table["mean"])
+            summary = _hits(table)
+            summary["by_dataset"] = {str(name): _hits(part)
+                                     for name, part in table.groupby("dataset", sort=True)}
             check.setdefault(score, {})[str(strategy)] = summary
     return check
+
+
+def _hits(table: pd.DataFrame) -> dict:
+    return {"picked_best": int(table["hit"].sum()), "episodes": int(len(table)),
+            "mean_regret": round(float(table["regret"].mean()), 2),
+            "random_regret": round(float(table["random_regret"].mean()), 2)}
 
 
 def write_outputs(results: pd.DataFrame, out: Path, wall_s: float,

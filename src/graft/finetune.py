@@ -40,17 +40,18 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from graft import auto, ensemble
-from graft.backbones import BACKBONES, create_model, get_spec
+from graft.backbones import BACKBONES, TIMM_PREFIX, create_model, get_spec, is_backbone, is_timm
 from graft.checkpoint import save_checkpoint
 from graft.config import ConfigError, FinetuneParams, Params
 from graft.feature_fit import candidates, fit_strategy
-from graft.features import load_features, load_views, resolve_backbone, with_backbone
+from graft.features import load_features, load_views, resolve_backbone, weights_dir, with_backbone
 from graft.files import write_csv, write_json
 from graft.heads import head_logits, head_spec, install_head, last_linear, norm_parts, normalise
 from graft.images import Preprocessing, read_image
@@ -106,6 +107,7 @@ class _Inputs:
     device: torch.device
     images: Callable[[], torch.Tensor]  # uint8 (N, 3, S, S), decoded on the first call only
     features_of: Callable[[str], tuple[np.ndarray, np.ndarray | None]]  # another backbone's
+    weights_dir: Path  # features.weights_dir: the pretrained weights of `timm:` backbones
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -120,6 +122,7 @@ def run(params: Params, layout: Layout) -> dict:
     y = _label_indices(rows, classes, str(layout.manifest))
     is_train = (rows["split"] == "train").to_numpy(copy=True)  # writable: torch indexes with it
     backbone = resolve_backbone(params, layout)  # features.backbone auto: the stage's choice
+    check_network_backbone(p, backbone, str(layout.params))
     pre = get_spec(backbone).preprocessing(params.features.image_size)
     images = functools.cache(lambda: _decode(absolute_paths(rows, layout.manifest), pre,
                                              params.validate.max_pixels))
@@ -128,7 +131,7 @@ def run(params: Params, layout: Layout) -> dict:
         return load_features(layout, named, rows), load_views(layout, named, rows)
 
     inputs = _Inputs(rows, y, is_train, *features_of(backbone), backbone, len(classes), pre,
-                     pick_device(), images, features_of)
+                     pick_device(), images, features_of, weights_dir(params, layout))
     fit = {"auto": _auto, "ensemble": _ensemble}.get(p.strategy, _fit)
     out = fit(p, inputs)
     if out.network:  # the ensemble: a name for reports; the members are in `network`
@@ -166,7 +169,7 @@ def run(params: Params, layout: Layout) -> dict:
 
 def _fit(p: FinetuneParams, d: _Inputs, budget_s: float | None = None) -> _Outcome:
     """Fit one (non-auto) strategy on a fresh pretrained network."""
-    model = create_model(d.backbone, d.n_classes)
+    model = create_model(d.backbone, d.n_classes, weights_dir=d.weights_dir)
     y, is_train, feats, views = d.y, d.is_train, d.feats, d.views
     if p.strategy in FEATURE_HEADS:
         out = _feature_head(model, feats, y, is_train, p, views)
@@ -209,7 +212,9 @@ def _auto(p: FinetuneParams, d: _Inputs) -> _Outcome:
     lp_ft: dict = {"strategy": "lp_ft"}
     lp_out = None
     remaining = p.budget_s - (time.perf_counter() - started)
-    if method != "val":
+    if is_timm(d.backbone):  # graft.trainable's freezing and llrd know EfficientNet-Lite only
+        lp_ft["skipped"] = f"lp_ft needs an EfficientNet-Lite backbone, not {d.backbone}"
+    elif method != "val":
         lp_ft["skipped"] = (f"val has < {auto.MIN_VAL_PER_CLASS} images of some class and "
                             "repeated k-fold of a network is beyond the budget")
     elif remaining <= 0:
@@ -243,7 +248,7 @@ def _ensemble(p: FinetuneParams, d: _Inputs) -> _Outcome:
             members.append({"backbone": name, "strategy": strategy, "head": out.head_spec,
                             "val_accuracy": out.val_accuracy,
                             "selection": out.probe_selection.method, "setting": setting})
-    model = ensemble.assemble(members, heads)
+    model = ensemble.assemble(members, heads, weights_dir=d.weights_dir)
     logits = model.head_logits({name: f[d.is_train] for name, f in feats.items()})
     train_accuracy = float((logits.argmax(1) == d.y[d.is_train]).mean())
     rows = [[i, m["backbone"], m["strategy"], m["val_accuracy"]] for i, m in enumerate(members)]
@@ -309,9 +314,10 @@ def check_params(p: FinetuneParams, source: str = "params") -> None:
         ("cutmix", p.cutmix >= 0, "≥ 0"),
         ("budget_s", p.budget_s > 0, "> 0"),
         ("ensemble_backbones", bool(p.ensemble_backbones)
-         and set(p.ensemble_backbones) <= set(BACKBONES)
+         and all(map(is_backbone, p.ensemble_backbones))
          and len({get_spec(b).mean + get_spec(b).std for b in p.ensemble_backbones}) == 1,
-         f"a non-empty list of {', '.join(BACKBONES)} (one preprocessing: mean and std)"),
+         f"a non-empty list of {', '.join(BACKBONES)} or {TIMM_PREFIX}<name> (one "
+         "preprocessing: mean and std)"),
         ("ensemble_strategies", bool(p.ensemble_strategies)
          and set(p.ensemble_strategies) <= set(FEATURE_STRATEGIES),
          f"a non-empty list of {', '.join(FEATURE_STRATEGIES)}"),
@@ -325,6 +331,16 @@ def check_params(p: FinetuneParams, source: str = "params") -> None:
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{source}: finetune.{key} = {getattr(p, key)!r} must be {rule}")
+
+
+def check_network_backbone(p: FinetuneParams, backbone: str, source: str = "params") -> None:
+    """The network strategies freeze and decay EfficientNet-Lite blocks (graft.trainable): a
+    `timm:` backbone gets the feature strategies only (auto skips lp_ft for it)."""
+    if p.strategy in NETWORK and is_timm(backbone):
+        raise ConfigError(f"{source}: finetune.strategy = {p.strategy!r} needs an "
+                          f"EfficientNet-Lite backbone ({', '.join(BACKBONES)}); the backbone "
+                          f"is {backbone}: use a feature strategy (linear_probe, svm, "
+                          "prototype, ensemble, auto)")
 
 
 def _label_indices(rows: pd.DataFrame, classes: list[str], manifest: str) -> np.ndarray:

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 from sklearn.covariance import LedoitWolf
 
-from graft.backbones import BACKBONES
 from graft.config import Params
 from graft.files import write_json
 from graft.layout import Layout
@@ -131,15 +130,16 @@ def best_first(rows: list[dict]) -> list[dict]:
 
 
 def run(params: Params, layout: Layout, backbones: list[str] | None = None) -> dict:
-    """Score every backbone (default: all known) on the manifest's training rows; write
-    metrics/rank.json; return it."""
+    """Score every backbone (default: features.auto_backbones, the candidates of `auto`; a
+    `timm:<name>` one reads its weights from features.weights_dir) on the manifest's training
+    rows; write metrics/rank.json; return it."""
     # imported here, not at the top: graft.features imports this module for `score`
     from graft.features import embed_missing, embeddings, with_backbone
 
     df = read_manifest(layout.manifest)
     train, y = training_rows(df, layout.manifest)
     rows = []
-    for name in backbones or list(BACKBONES):
+    for name in backbones or params.features.auto_backbones:
         t0 = time.perf_counter()
         store, todo, _, _ = embed_missing(layout, with_backbone(params, name), train)
         rows.append({"backbone": name, "image_size": params.features.image_size,

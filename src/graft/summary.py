@@ -26,6 +26,7 @@ def summary_lines(layout: Layout) -> list[str]:
         + (f" (validation accuracy {100 * val:.1f}%)" if val is not None else ""),
         *evaluation_lines(evaluate),
     ]
-    models = [layout.model, *sorted(layout.models.glob("model*.onnx"))]
+    trained = layout.baseline_model if evaluate.get("deployed") == "baseline" else layout.model
+    models = [trained, *sorted(layout.models.glob("model*.onnx"))]  # what the .onnx came from
     lines += [f"model: {p} ({p.stat().st_size / 1e6:.1f} MB)" for p in models if p.exists()]
     return lines

@@ -77,6 +77,7 @@ def test_ranking_check_scores_each_backbone_and_counts_its_hits(tiny_run) -> Non
                        & (results["strategy"] == "linear_probe")].set_index("backbone")
         hits += runs.loc[pick, "accuracy"] >= runs.loc[BACKBONES, "accuracy"].max()
     assert check["picked_best"] == hits and check["mean_regret"] >= 0
+    assert check["random_regret"] >= 0 and set(check["by_dataset"]) == {"digits"}
     assert set(metrics["ranking_check"]) == {"logme", "h_score"}
 
 
