@@ -72,6 +72,15 @@ def make_split_project(root: Path, per_split: dict[str, int], size: int = 40,
     return layout
 
 
+
+def copy_stage_outputs(base: Path, dest: Path) -> Layout:
+    """A fresh project at `dest` holding `base`'s data/ (images, manifest, feature store) and
+    metrics/ (when there are any), for tests that each change it from the same start."""
+    shutil.copytree(base / "data", dest / "data")
+    if (base / "metrics").exists():
+        shutil.copytree(base / "metrics", dest / "metrics")
+    return Layout(dest)
+
 @pytest.fixture()
 def pattern_folder(tmp_path: Path) -> Path:
     return make_pattern_images(tmp_path / "images", per_class=12)

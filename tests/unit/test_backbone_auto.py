@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from graft import features, finetune, rank
 from graft.backbones import BACKBONES
@@ -17,6 +16,7 @@ from graft.config import ConfigError, load_params, params_from_dict
 from graft.layout import Layout
 from graft.manifest import read_manifest
 from tests.conftest import make_split_project
+from tests.unit import test_finetune as shared
 
 SIZE = 32  # pixels: three backbones embed the 27 images in seconds on a CPU
 
@@ -27,13 +27,7 @@ def auto_params(**features_section: object):
                              "finetune": {"strategy": "linear_probe", "c_grid": [1.0]}})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches gain nothing from intra-op threads on a shared CPU (see test_finetune)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = shared.one_thread  # autouse, module scope: one intra-op thread (see there)
 
 
 @pytest.fixture(scope="module")

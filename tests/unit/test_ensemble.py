@@ -4,7 +4,6 @@ network that averages their probabilities, rebuilt from the checkpoint and expor
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from graft.heads import head_logits
 from graft.inference import run_model
 from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest
-from tests.conftest import make_split_project
+from tests.conftest import copy_stage_outputs, make_split_project
 
 SIZE = 32  # pixels
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite1"]
@@ -44,9 +43,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def layout(base: Path, tmp_path: Path) -> Layout:
-    shutil.copytree(base / "data", tmp_path / "data")
-    shutil.copytree(base / "metrics", tmp_path / "metrics")
-    return Layout(tmp_path)
+    return copy_stage_outputs(base, tmp_path)
 
 
 def test_features_stage_embeds_with_every_ensemble_backbone(layout: Layout) -> None:

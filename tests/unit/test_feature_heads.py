@@ -4,7 +4,6 @@ learn, their torch heads compute exactly what was fitted, and they ship as one n
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from graft.export import to_onnx
 from graft.inference import run_model
 from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest
-from tests.conftest import make_split_project
+from tests.conftest import copy_stage_outputs, make_split_project
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 32  # pixels
@@ -122,8 +121,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def layout(base: Path, tmp_path: Path) -> Layout:
-    shutil.copytree(base / "data", tmp_path / "data")
-    return Layout(tmp_path)
+    return copy_stage_outputs(base, tmp_path)
 
 
 @pytest.mark.parametrize("section", [

@@ -4,7 +4,6 @@ coloured patterns, 4 training and 3 validation images per class, Lite0 at 32 px)
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from graft.inference import run_model
 from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest, write_manifest
 from graft.probe import fit_probe, select_c
-from tests.conftest import make_split_project
+from tests.conftest import copy_stage_outputs, make_split_project
 
 BACKBONE = "efficientnet_lite0"
 SIZE = 32  # pixels: the 1×1 final map still separates colours, and a step takes milliseconds
@@ -57,8 +56,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def layout(base: Path, tmp_path: Path) -> Layout:
     """A fresh project root per test: its own copy of data/, no models or metrics yet."""
-    shutil.copytree(base / "data", tmp_path / "data")
-    return Layout(tmp_path)
+    return copy_stage_outputs(base, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +258,7 @@ def test_a_crash_in_training_leaves_the_previous_outputs_untouched(
 ) -> None:
     layout.models.mkdir()
     layout.model.write_bytes(b"the previous model")
-    layout.metrics("finetune").parent.mkdir()
+    layout.metrics("finetune").parent.mkdir(exist_ok=True)
     layout.metrics("finetune").write_text('{"previous": true}\n')
 
     def crash(*args: object) -> float:

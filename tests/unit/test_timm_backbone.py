@@ -23,6 +23,7 @@ from graft.inference import run_model
 from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest
 from tests.conftest import make_split_project
+from tests.unit import test_finetune as shared
 
 ARCH = "test_convnext"  # 0.27 M parameters; its timm head is the dotted `head.fc`
 NAME = f"timm:{ARCH}"
@@ -45,13 +46,7 @@ def timm_params(**finetune_section: object):
                                           **finetune_section}})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches gain nothing from intra-op threads on a shared CPU (see test_finetune)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = shared.one_thread  # autouse, module scope: one intra-op thread (see there)
 
 
 @pytest.fixture(scope="module")

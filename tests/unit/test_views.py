@@ -3,7 +3,6 @@ on as extra rows, and never leaked into the rows a setting is scored on."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from graft.layout import Layout
 from graft.manifest import read_manifest
 from graft.probe import select_c
 from graft.views import make_views, view_keys, with_views
-from tests.conftest import make_split_project
+from tests.conftest import copy_stage_outputs, make_split_project
 
 SIZE = 32
 BACKBONE = "efficientnet_lite0"
@@ -89,9 +88,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def layout(base: Path, tmp_path: Path) -> Layout:
-    shutil.copytree(base / "data", tmp_path / "data")
-    shutil.copytree(base / "metrics", tmp_path / "metrics")
-    return Layout(tmp_path)
+    return copy_stage_outputs(base, tmp_path)
 
 
 def test_features_stage_caches_views_of_train_and_val_images_only(layout: Layout) -> None:
