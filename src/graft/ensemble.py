@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from graft.backbones import create_model
-from graft.heads import build_head
+from graft.heads import build_head, head_logits
 
 MIN_PROBABILITY = 1e-12  # log(0) guard: a class every member rules out keeps a finite logit
 
@@ -45,15 +45,11 @@ class Ensemble(nn.Module):
         return combine([head(features[name])
                         for head, name in zip(self.heads, self.member_bodies, strict=True)])
 
-    @torch.inference_mode()
     def head_logits(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """What the network computes from cached pooled features {backbone: (N, D)}: float64."""
-        outs = []
-        for head, name in zip(self.heads, self.member_bodies, strict=True):
-            outs.append(head.eval().double()(torch.as_tensor(np.asarray(features[name],
-                                                                        np.float64))))
-            head.float()
-        return combine(outs).numpy()
+        return combine([torch.from_numpy(head_logits(head, features[name]))
+                        for head, name in zip(self.heads, self.member_bodies, strict=True)]
+                       ).numpy()
 
 
 def combine(member_logits: list[torch.Tensor]) -> torch.Tensor:

@@ -32,7 +32,7 @@ from graft import rank
 from graft.backbones import BACKBONES, TIMM_PREFIX, create_model, get_spec, is_backbone
 from graft.config import ConfigError, FeaturesParams, Params
 from graft.files import atomic_output, write_json
-from graft.images import Preprocessing, read_image
+from graft.images import Preprocessing
 from graft.inference import pick_device, run_model
 from graft.layout import Layout
 from graft.manifest import absolute_paths, read_manifest
@@ -76,7 +76,6 @@ def resolve_backbone(params: Params, layout: Layout) -> str:
     one the features stage chose, read from metrics/features.json (a dep of the finetune stage:
     the choice changes only when the features stage reruns)."""
     cfg = params.features
-    check_params(cfg, str(layout.params))
     if cfg.backbone != AUTO:
         return cfg.backbone
     path = layout.metrics("features")
@@ -129,7 +128,25 @@ def embeddings(store: dict[str, np.ndarray], df: pd.DataFrame) -> np.ndarray:
 def load_features(layout: Layout, params: Params, df: pd.DataFrame) -> np.ndarray:
     """Embeddings float32 (len(df), D), row i for df row i, from the store the stage wrote."""
     path = store_path(layout, params)
+    return _cached_rows(read_store(path), path, df)
+
+
+def load_views(layout: Layout, params: Params, df: pd.DataFrame) -> np.ndarray | None:
+    """The `features.views` views of df's rows, float32 (len(df), N, D); None when N is 0."""
+    path = store_path(layout, params)
+    return _cached_views(read_store(path), path, df, params.features.views)
+
+
+def load_embeddings(layout: Layout, params: Params, df: pd.DataFrame
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """`load_features` and `load_views` of df's rows from one read of the store."""
+    path = store_path(layout, params)
     store = read_store(path)
+    return (_cached_rows(store, path, df),
+            _cached_views(store, path, df, params.features.views))
+
+
+def _cached_rows(store: dict[str, np.ndarray], path: Path, df: pd.DataFrame) -> np.ndarray:
     missing = [s for s in df["sha256"] if s not in store]
     if missing:
         raise FeaturesError(
@@ -139,13 +156,10 @@ def load_features(layout: Layout, params: Params, df: pd.DataFrame) -> np.ndarra
     return embeddings(store, df)
 
 
-def load_views(layout: Layout, params: Params, df: pd.DataFrame) -> np.ndarray | None:
-    """The `features.views` views of df's rows, float32 (len(df), N, D); None when N is 0."""
-    n_views = params.features.views
+def _cached_views(store: dict[str, np.ndarray], path: Path, df: pd.DataFrame,
+                  n_views: int) -> np.ndarray | None:
     if n_views == 0:
         return None
-    path = store_path(layout, params)
-    store = read_store(path)
     keys = [view_keys(sha, n_views) for sha in df["sha256"]]
     missing = [k for row in keys for k in row if k not in store]
     if missing:
@@ -197,9 +211,8 @@ def _embed_views(model: torch.nn.Module, rows: pd.DataFrame, layout: Layout,
     paths = absolute_paths(rows, layout.manifest)
     for i in range(0, len(rows), per_batch):
         shas = list(rows["sha256"].iloc[i:i + per_batch])
-        images = torch.from_numpy(np.stack([pre.to_uint8(read_image(p, params.validate.max_pixels))
-                                            for p in paths[i:i + per_batch]]))
-        views = make_views(images.permute(0, 3, 1, 2), shas, n_views, pre)
+        images = pre.load_uint8(paths[i:i + per_batch], params.validate.max_pixels)
+        views = make_views(torch.from_numpy(images), shas, n_views, pre)
         vectors = model(views.to(device)).float().cpu().numpy()
         keys = [k for sha in shas for k in view_keys(sha, n_views)]
         out.update(zip(keys, vectors, strict=True))

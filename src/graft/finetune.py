@@ -51,10 +51,11 @@ from graft.backbones import BACKBONES, TIMM_PREFIX, create_model, get_spec, is_b
 from graft.checkpoint import save_checkpoint
 from graft.config import ConfigError, FinetuneParams, Params
 from graft.feature_fit import candidates, fit_strategy
-from graft.features import load_features, load_views, resolve_backbone, weights_dir, with_backbone
+from graft.features import check_params as check_features
+from graft.features import load_embeddings, resolve_backbone, weights_dir, with_backbone
 from graft.files import write_csv, write_json
 from graft.heads import head_logits, head_spec, install_head, last_linear, norm_parts, normalise
-from graft.images import Preprocessing, read_image
+from graft.images import Preprocessing
 from graft.inference import pick_device
 from graft.layout import Layout
 from graft.manifest import absolute_paths, class_names, read_manifest
@@ -116,6 +117,7 @@ def run(params: Params, layout: Layout) -> dict:
     started = time.perf_counter()
     p = params.finetune
     check_params(p, str(layout.params))
+    check_features(params.features, str(layout.params))
     df = read_manifest(layout.manifest)
     rows = df.loc[df["split"].isin(["train", "val"])].reset_index(drop=True)
     classes = class_names(df)
@@ -128,7 +130,7 @@ def run(params: Params, layout: Layout) -> dict:
                                              params.validate.max_pixels))
     def features_of(name: str) -> tuple[np.ndarray, np.ndarray | None]:
         named = with_backbone(params, name)
-        return load_features(layout, named, rows), load_views(layout, named, rows)
+        return load_embeddings(layout, named, rows)
 
     inputs = _Inputs(rows, y, is_train, *features_of(backbone), backbone, len(classes), pre,
                      pick_device(), images, features_of, weights_dir(params, layout))
@@ -356,5 +358,4 @@ def _label_indices(rows: pd.DataFrame, classes: list[str], manifest: str) -> np.
 
 def _decode(paths: list, pre: Preprocessing, max_pixels: int) -> torch.Tensor:
     """Every image decoded once, resized and cropped: uint8 (N, 3, S, S), ~150 KB each at 224."""
-    arrays = [pre.to_uint8(read_image(path, max_pixels)) for path in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(pre.load_uint8(paths, max_pixels))

@@ -127,6 +127,13 @@ class Preprocessing:
         """Decode and normalise a batch of files → float32 (N, 3, size, size)."""
         return np.stack([self.to_array(read_image(p, max_pixels)) for p in paths])
 
+    def load_uint8(self, paths: Sequence[Path | str],
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Decode, resize and crop a batch of files, not yet normalised → uint8 (N, 3, size,
+        size): what augmentation works on before `normalise`."""
+        arrays = [self.to_uint8(read_image(p, max_pixels)) for p in paths]
+        return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
