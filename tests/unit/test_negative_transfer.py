@@ -86,3 +86,17 @@ def test_a_verdict_about_another_model_is_refused(tmp_path) -> None:
     layout.model.write_bytes(layout.model.read_bytes() + b"\0")  # retrained since the verdict
     with pytest.raises(ValueError, match="run the evaluate stage again"):
         deployed_checkpoint(layout)
+
+
+def test_summary_names_the_network_the_onnx_files_came_from(tmp_path) -> None:
+    from graft.files import write_json
+    from graft.summary import summary_lines
+
+    layout = make_project(tmp_path, zero_head=True)
+    write_json(layout.metrics("ingest"), {"source": "folder", "n_classes": 3, "n_train": 24,
+                                          "n_val": 12, "n_test": 18})
+    write_json(layout.metrics("finetune"), {"strategy": "linear_probe", "val_accuracy": 0.3})
+    evaluate.run(tiny_params(cnn_epochs=2, on_negative_transfer="use_baseline"), layout)
+    lines = summary_lines(layout)
+    assert f"model: {layout.baseline_model}" in " ".join(lines)
+    assert not any(line.startswith(f"model: {layout.model} ") for line in lines)
