@@ -11,7 +11,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 export PATH := $(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMPS)/venv $(STAMPS)/dataset
 
@@ -40,9 +40,6 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
-
-test-all: setup
-	$(BIN)/python -m pytest -m ''
 
 lint: setup
 	$(BIN)/ruff check src tests flows benchmarks

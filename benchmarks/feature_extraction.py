@@ -1,7 +1,7 @@
 """Feature-extraction speed on the CPU: torch eager vs onnxruntime fp32, images per second.
 
 The pooled-feature network (`create_model(backbone, num_classes=0)`) runs on one batch of real
-photographs (scikit-learn's sample images, preprocessed by graft.images, tiled to the batch
+photographs (scikit-learn's sample images, preprocessed by graft.data.images, tiled to the batch
 size). Warm-up iterations are excluded; then iterations run until `--seconds` have passed (at
 least `--min-iters`). Prints a markdown table and writes the figures as JSON.
 
@@ -25,11 +25,12 @@ import torch
 from PIL import Image
 
 import graft
-from graft.backbones import create_model, get_spec
-from graft.bench import time_runs  # the one timing loop, shared with `graft bench`
-from graft.export import to_onnx
-from graft.files import write_json
-from graft.onnx_model import create_session, physical_cores
+from graft.core.device import physical_cores
+from graft.core.files import write_json
+from graft.deploy.bench import time_runs  # the one timing loop, shared with `graft bench`
+from graft.deploy.onnx_export import to_onnx
+from graft.deploy.onnx_model import create_session
+from graft.models.backbones import create_model, get_spec
 
 
 def sample_batch(backbone: str, size: int, batch_size: int) -> np.ndarray:

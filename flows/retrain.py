@@ -1,4 +1,4 @@
-"""Entry point of the Prefect deployment `graft-retrain` (the flow itself is graft.retrain.retrain).
+"""Entry point of the Prefect deployment `graft-retrain` (the flow itself is graft.flows.retrain).
 
 Two ways to run it on a schedule (README "Scheduled retraining"):
 - `prefect deploy --all` reads prefect.yaml (cron, parameters, concurrency limit 1) and a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from graft.retrain import retrain
+from graft.flows import retrain
 
 __all__ = ["retrain"]
 

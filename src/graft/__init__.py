@@ -1,2 +1,2 @@
 """Graft: transfer learning for small image datasets."""
-__version__ = "0.1.0"
+from graft.core import VERSION as __version__  # noqa: F401 (the package's version)

@@ -1,6 +1,6 @@
 """`graft`: one command per stage (each run as its Prefect flow), plus run, summary and predict.
 
-Thin: parsing, printing and exit codes only; the work lives in the stage modules.
+Thin: parsing, printing and exit codes only; the work lives in graft.stages and the libraries.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from graft.layout import STAGES, Layout
+from graft.core.layout import STAGES, Layout
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for small image datasets.")
@@ -73,7 +73,7 @@ def run(root: Root = Path("."), params: ParamsFile = None) -> None:
 @app.command()
 def summary(root: Root = Path(".")) -> None:
     """Print what the last run produced: accuracy vs baselines, transfer gain, model files."""
-    from graft.summary import summary_lines
+    from graft.evaluation.summary import summary_lines
 
     with _user_errors():
         lines = summary_lines(Layout(root))
@@ -90,7 +90,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 32,
 ) -> None:
     """Classify images with an exported model; needs nothing but the .onnx file."""
-    from graft.predict import main
+    from graft.deploy.predict import main
 
     with _user_errors():
         code = main(model, paths, top_k, fmt, batch_size)
@@ -98,7 +98,7 @@ def predict(
 
 
 def _print_evaluation(metrics: dict) -> None:
-    from graft.evaluate import summary_lines
+    from graft.evaluation.report import summary_lines
 
     for line in summary_lines(metrics):
         typer.echo(line, err=line.startswith("WARNING"))
@@ -110,7 +110,7 @@ def retrain(
     source: Annotated[str | None, typer.Option(help="New ingest.path for this run.")] = None,
 ) -> None:
     """Retrain on new data; promote the challenger only if it passes the gate (Prefect flow)."""
-    from graft.retrain import retrain as retrain_flow
+    from graft.flows import retrain as retrain_flow
 
     with _user_errors():
         result = retrain_flow(str(root), source)
@@ -122,7 +122,7 @@ def retrain(
 @app.command()
 def models(root: Root = Path(".")) -> None:
     """List the champion and the model history: version, date, accuracy, model hash."""
-    from graft.registry import versions
+    from graft.lifecycle.registry import versions
 
     rows = versions(Layout(root).models)
     if not rows:
@@ -139,7 +139,7 @@ def rollback(
     root: Root = Path("."),
 ) -> None:
     """Make an earlier model the champion again (the current one moves to history)."""
-    from graft.registry import rollback as do_rollback
+    from graft.lifecycle.registry import rollback as do_rollback
 
     with _user_errors():
         restored = do_rollback(Layout(root).models, version)
@@ -152,7 +152,7 @@ def bundle(
     out: Annotated[Path | None, typer.Option(help="Bundle folder; default ROOT/bundle.")] = None,
 ) -> None:
     """Pack the exported models, labels.json and a standalone predict.py into a folder + .zip."""
-    from graft.bundle import build_bundle
+    from graft.deploy.bundle import build_bundle
 
     with _user_errors():
         result = build_bundle(Layout(root), out)
@@ -170,20 +170,21 @@ def bench(
 ) -> None:
     """Inference latency/throughput of model.pt / model.onnx / model.int8.onnx (and GPU runtimes
     when present), or with --train the fine-tuning speed; prints a table, writes JSON."""
-    from graft.files import write_json
+    from graft.core.files import write_json
+    from graft.deploy.bench_report import markdown, markdown_train
 
     with _user_errors():
         if train:
-            from graft.bench_train import bench_train, markdown_train
+            from graft.deploy.bench_train import bench_train
 
             report = bench_train(size=size, batch_size=batch_size, seconds=seconds)
             text = markdown_train(report)
         else:
-            from graft.bench import bench_inference, markdown
+            from graft.deploy.bench import bench_inference
 
             report = bench_inference(Layout(root), batch_size=batch_size, seconds=seconds)
             text = markdown(report)
-    out = out or root / "metrics" / ("bench_train.json" if train else "bench.json")
+    out = out or Layout(root).bench(train)
     write_json(out, report)
     typer.echo(f"{text}\n\nwritten to {out}")
 
@@ -199,14 +200,14 @@ def rank(
 ) -> None:
     """Rank backbones by LogME and H-score on the training features (computes missing ones);
     prints the table, writes metrics/rank.json."""
-    from graft.config import load_params
-    from graft.rank import run as rank_backbones
-    from graft.rank import table
+    from graft.core.config import load_params
+    from graft.evaluation.report import rank_table
+    from graft.evaluation.transferability import rank_backbones
 
     layout = Layout(root)
     with _user_errors():
         result = rank_backbones(load_params(params or layout.params), layout, backbone)
-    typer.echo(f"{table(result)}\n\nbest: {result['best']}; written to {layout.rank}")
+    typer.echo(f"{rank_table(result)}\n\nbest: {result['best']}; written to {layout.rank}")
 
 
 @app.command()
@@ -214,10 +215,10 @@ def fewshot(
     params: Annotated[Path, typer.Option("--params", help="The benchmark's params file.")] = Path(
         "params.yaml"),
 ) -> None:
-    """The few-shot benchmark (graft.fewshot): writes results.csv, results.md,
+    """The few-shot benchmark (graft.evaluation.fewshot): writes results.csv, results.md,
     plots/accuracy_vs_shots.csv and metrics.json beside the params file."""
-    from graft.fewshot import load_fewshot_params
-    from graft.fewshot import run as run_fewshot
+    from graft.evaluation.fewshot import load_fewshot_params
+    from graft.evaluation.fewshot import run as run_fewshot
 
     with _user_errors():
         metrics = run_fewshot(load_fewshot_params(params), params.resolve().parent)

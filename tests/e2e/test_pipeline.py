@@ -11,32 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graft.config import params_from_dict
-from graft.manifest import read_manifest
-from tests.conftest import BIN, copy_project, make_pattern_images
-
-
-def tiny_params(images: Path) -> dict:
-    """Every key stated (DVC tracks single keys such as validate.max_pixels), tiny settings."""
-    return params_from_dict({
-        "ingest": {"source": "folder", "path": str(images), "shots_per_class": 6,
-                   "val_per_class": 3, "test_size": None, "test_fraction": 0.25, "seed": 0},
-        "validate": {"min_side": 8, "min_per_class": 2},
-        # 64 px: onnxruntime's int8 QLinearConv fails on Lite0 at 32 px (2×2 maps, 5×5 kernels)
-        "features": {"backbone": "efficientnet_lite0", "image_size": 64, "batch_size": 16},
-        "finetune": {"strategy": "linear_probe", "c_grid": [0.1, 1.0]},
-        "evaluate": {"bootstrap": 200, "cnn_epochs": 3},
-        # a handful of test images moves accuracy in 10-point steps: the int8/fp16 gates are
-        # tested in tests/unit/test_quantize.py, here they must not decide the run
-        "export": {"batch_size": 16, "max_int8_drop": 100.0, "max_fp16_drop": 100.0},
-    }).to_dict()
-
-
-def sh(args: list[str], cwd: Path, env: dict) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (
-        f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout + proc.stderr
+from graft.data.manifest import read_manifest
+from tests.fixtures import BIN, copy_project, make_pattern_images, pipeline_params, sh
 
 
 def ran_stages(log: str) -> set[str]:
@@ -47,7 +23,7 @@ def ran_stages(log: str) -> set[str]:
 def project(tmp_path: Path, prefect_server: str):
     images = make_pattern_images(tmp_path / "user-images", per_class=14)
     root = copy_project(tmp_path / "project")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(images)))
+    (root / "params.yaml").write_text(yaml.safe_dump(pipeline_params(images)))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_API_URL": prefect_server,
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
@@ -110,7 +86,7 @@ def test_pipeline_flow_in_ephemeral_mode(tmp_path: Path):
     images = make_pattern_images(tmp_path / "images", per_class=10)
     root = tmp_path / "project"
     root.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(images)))
+    (root / "params.yaml").write_text(yaml.safe_dump(pipeline_params(images)))
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     out = sh([str(BIN / "graft"), "run", "--root", str(root)], root, env)

@@ -16,13 +16,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graft import registry
-from graft.checkpoint import load_checkpoint
-from graft.config import params_from_dict
-from graft.registry import champion_dir, read_info, versions
-from tests.conftest import BIN, REPO, copy_project, make_pattern_images
-from tests.e2e.test_pipeline import sh, tiny_params
-from tests.unit.test_registry import HOLD
+from graft.core.config import params_from_dict
+from graft.lifecycle import registry
+from graft.lifecycle.registry import champion_dir, read_info, versions
+from graft.models.checkpoint import load_checkpoint
+from tests.fixtures import (
+    BIN,
+    HOLD_LOCK,
+    REPO,
+    copy_project,
+    fp32_only_export,
+    make_pattern_images,
+    pipeline_params,
+    sh,
+)
 
 
 @pytest.fixture()
@@ -31,7 +38,7 @@ def retrain_project(tmp_path: Path, prefect_server: str):
     root = copy_project(tmp_path / "project")
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "prefect.yaml", root / "prefect.yaml")
-    params = tiny_params(images)
+    params = pipeline_params(images)
     params["evaluate"] = {"bootstrap": 50, "cnn_epochs": 1}
     params["retrain"] = {"min_gain": 0.0, "max_class_drop": 0.5}
     params = params_from_dict(params).to_dict()  # every key stated, as DVC's params: need
@@ -44,17 +51,6 @@ def retrain_project(tmp_path: Path, prefect_server: str):
     sh([str(BIN / "dvc"), "init", "-q"], root, env)
     sh([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
     return root, images, env
-
-
-def fp32_only_export(root: Path, params: dict) -> None:
-    """Switch the int8/fp16 exports off, and their outs with them, as dvc.yaml says to:
-    this test is about the retrain loop, and fp32 ONNX alone is faster."""
-    params["export"] |= {"int8": False, "fp16": False}
-    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
-    outs = dvc["stages"]["export"]["outs"]
-    dvc["stages"]["export"]["outs"] = [o for o in outs if not str(o).endswith(
-        ("int8.onnx", "fp16.onnx"))]
-    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
 
 
 def run_deployment(root: Path, env: dict) -> str:
@@ -106,8 +102,8 @@ def report(root: Path) -> dict:
 
 KILL_AT_PROMOTE = textwrap.dedent("""
     import os, signal, sys
-    from graft import registry
-    from graft.retrain import retrain
+    from graft.flows import retrain
+    from graft.lifecycle import registry
     def die(*args, **kwargs):  # the process dies between training and promotion
         os.kill(os.getpid(), signal.SIGKILL)
     registry.promote = die
@@ -196,7 +192,7 @@ def test_no_new_data_means_no_training(retrain_project):
 
 def test_a_second_run_exits_clearly_while_one_holds_the_lock(retrain_project):
     root, _, env = retrain_project
-    holder = subprocess.Popen([str(BIN / "python"), "-c", HOLD, str(root / "models"), "60"],
+    holder = subprocess.Popen([str(BIN / "python"), "-c", HOLD_LOCK, str(root / "models"), "60"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -1,4 +1,6 @@
-"""dvc.yaml and the code agree: one stage per module, deps cover the modules each one imports."""
+"""dvc.yaml and the code agree: one stage per module of graft.stages, and each stage's deps cover
+every module it imports (and the strategy modules the registry imports for it); likewise the
+few-shot benchmark's stage."""
 
 from __future__ import annotations
 
@@ -7,44 +9,88 @@ from pathlib import Path
 
 import yaml
 
-from graft.layout import STAGES, Layout
+from graft.core.layout import STAGES, Layout
+from graft.strategies import registered_modules
+from tests.fixtures import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-DISPATCH_ONLY = {"graft.cli", "graft.flows", "graft.layout", "graft"}
+SRC = REPO / "src"
+# the faces only dispatch: editing them must not retrain (and the package root holds nothing)
+DISPATCH_ONLY = {"graft", "graft.cli", "graft.flows"}
+# The registry names strategy modules as strings and imports them in `get_strategy`: a module
+# that imports get_strategy depends on all of them (one that only checks names does not).
+REGISTRY = {"graft.strategies", "graft.strategies.registry"}
 
 
-def _graft_imports(module: str, seen: set[str] | None = None) -> set[str]:
+def module_path(module: str) -> Path:
+    """src/graft/a/b.py for graft.a.b, or src/graft/a/b/__init__.py for a package."""
+    path = SRC / Path(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _is_module(module: str) -> bool:
+    return module_path(module).exists()
+
+
+def _imported(module: str) -> list[str]:
+    """The graft modules `module` imports, anywhere in it (`from graft.a import b` imports
+    graft.a.b when that is a module, else graft.a); a module importing `get_strategy` also
+    depends on every strategy module the registry imports on demand."""
+    names, loads_strategies = [], False
+    for node in ast.walk(ast.parse(module_path(module).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "graft" or node.module.startswith("graft.")):
+            names += [f"{node.module}.{a.name}" if _is_module(f"{node.module}.{a.name}")
+                      else node.module for a in node.names]
+            loads_strategies |= node.module in REGISTRY and any(
+                a.name == "get_strategy" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names if a.name.startswith("graft.")]
+    if loads_strategies and module not in REGISTRY:
+        names += registered_modules()
+    return names
+
+
+def graft_imports(module: str, seen: set[str] | None = None) -> set[str]:
     """Every graft.* module `module` imports, transitively."""
     seen = set() if seen is None else seen
-    path = REPO / "src" / Path(*module.split(".")).with_suffix(".py")
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module == "graft":  # from graft import x
-            names = [f"graft.{a.name}" for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("graft"):
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("graft.")]
-        for name in names:
-            if name not in seen and name not in DISPATCH_ONLY:
-                seen.add(name)
-                _graft_imports(name, seen)
+    for name in _imported(module):
+        if name not in seen and name not in DISPATCH_ONLY:
+            seen.add(name)
+            graft_imports(name, seen)
     return seen
+
+
+def _src_paths(modules: set[str]) -> set[str]:
+    return {str(module_path(m).relative_to(REPO)) for m in modules}
+
+
+def test_imports_resolve_packages_modules_and_the_registry():
+    finetune = graft_imports("graft.stages.finetune")
+    assert {"graft.strategies", "graft.strategies.registry", "graft.strategies.auto",
+            "graft.strategies.network", "graft.strategies.training"} <= finetune
+    assert "src/graft/strategies/__init__.py" in _src_paths(finetune)
+    assert "graft.models.ensemble" in graft_imports("graft.strategies.ensemble")  # from pkg import
+    assert not DISPATCH_ONLY & graft_imports("graft.stages.export")
+    # the features stage reads the registry's names, never a strategy module
+    assert "graft.strategies.svm" not in graft_imports("graft.stages.features")
 
 
 def test_one_stage_per_module_in_order():
     assert tuple(DVC) == STAGES
     for stage, spec in DVC.items():
         assert spec["cmd"] == f"graft {stage}"
-        assert f"src/graft/{stage}.py" in spec["deps"]
+        assert f"src/graft/stages/{stage}.py" in spec["deps"]
 
 
 def test_deps_list_every_module_a_stage_imports():
+    missing = {}
     for stage, spec in DVC.items():
-        needed = {f"src/graft/{m.split('.', 1)[1]}.py" for m in _graft_imports(f"graft.{stage}")}
-        missing = needed - set(spec["deps"])
-        assert not missing, f"{stage}: dvc.yaml deps lack {sorted(missing)}"
+        lacking = _src_paths(graft_imports(f"graft.stages.{stage}")) - set(spec["deps"])
+        if lacking:
+            missing[stage] = sorted(lacking)
+    assert not missing, "dvc.yaml deps lack:\n" + "\n".join(
+        f"  {stage}: {', '.join(paths)}" for stage, paths in missing.items())
 
 
 def test_metrics_paths_match_the_layout():
@@ -52,3 +98,13 @@ def test_metrics_paths_match_the_layout():
     for stage, spec in DVC.items():
         declared = [next(iter(m)) if isinstance(m, dict) else m for m in spec.get("metrics", [])]
         assert declared == [str(layout.metrics(stage))]
+
+
+def test_benchmark_dvc_stage_lists_the_modules_it_imports() -> None:
+    folder = REPO / "pipelines" / "fewshot-benchmark"
+    stage = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]["fewshot"]
+    deps = {str((folder / d).resolve().relative_to(REPO)) for d in stage["deps"]}
+    module = "graft.evaluation.fewshot"
+    needed = _src_paths(graft_imports(module) | {module})
+    assert needed <= deps, sorted(needed - deps)
+    assert stage["cmd"] == "graft fewshot --params params.yaml"

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from graft.config import SECTIONS
+from graft.core.config import SECTIONS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

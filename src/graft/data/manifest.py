@@ -1,0 +1,60 @@
+"""The manifest: one row per ingested image; the contract between ingest and every later stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from graft.core.files import atomic_output
+
+COLUMNS = ("path", "label", "split", "sha256", "width", "height", "mode")
+SPLITS = ("train", "val", "test")
+
+
+class ManifestError(ValueError):
+    """A manifest that later stages cannot use; the message names the file."""
+
+
+def read_manifest(path: Path | str) -> pd.DataFrame:
+    """Read manifest.csv; `path` column stays relative to the manifest's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path}: manifest not found; run the ingest stage first")
+    df = pd.read_csv(path, dtype={"path": str, "label": str, "split": str, "sha256": str,
+                                  "mode": str}, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def write_manifest(path: Path | str, df: pd.DataFrame) -> None:
+    with atomic_output(path) as tmp:
+        df.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
+
+
+def class_names(df: pd.DataFrame) -> list[str]:
+    """The classes a model predicts: the labels seen in training, sorted."""
+    return sorted(df.loc[df["split"] == "train", "label"].unique().tolist())
+
+
+def absolute_paths(df: pd.DataFrame, manifest_path: Path | str) -> list[Path]:
+    root = Path(manifest_path).parent
+    return [root / p for p in df["path"]]
+
+
+def encode_labels(labels: pd.Series, classes: list[str], manifest: Path | str, split: str,
+                  whose: str = "the training images") -> np.ndarray:
+    """Label strings → indices into `classes`; ManifestError naming the manifest, the split and
+    the unknown labels when some label is not a class (of `whose`: the training images, the
+    model)."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ManifestError(
+            f"{manifest}: {split} label(s) {', '.join(map(repr, unknown))} are not among the "
+            f"classes of {whose} ({', '.join(classes)}); retrain on this manifest or fix the "
+            "labels")
+    return np.array([index[label] for label in labels], np.int64)

@@ -1,0 +1,32 @@
+"""The end-of-run summary printed by `graft summary` and `make demo`, read from metrics/*.json."""
+
+from __future__ import annotations
+
+import json
+
+from graft.core.layout import Layout
+from graft.evaluation.report import summary_lines as evaluation_lines
+
+
+def _read(layout: Layout, stage: str) -> dict:
+    path = layout.metrics(stage)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; run the pipeline first (dvc repro)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def summary_lines(layout: Layout) -> list[str]:
+    """Data, strategy, the evaluation (accuracy vs baselines, transfer gain), the model files."""
+    ingest, finetune, evaluate = (_read(layout, s) for s in ("ingest", "finetune", "evaluate"))
+    splits = ", ".join(f"{ingest[f'n_{s}']} {s}" for s in ("train", "val", "test"))
+    val = finetune.get("val_accuracy")
+    lines = [
+        f"data: {ingest['source']}, {ingest['n_classes']} classes, {splits} images",
+        f"strategy: {finetune['strategy']}"
+        + (f" (validation accuracy {100 * val:.1f}%)" if val is not None else ""),
+        *evaluation_lines(evaluate),
+    ]
+    trained = layout.baseline_model if evaluate.get("deployed") == "baseline" else layout.model
+    models = [trained, *sorted(layout.models.glob("model*.onnx"))]  # what the .onnx came from
+    lines += [f"model: {p} ({p.stat().st_size / 1e6:.1f} MB)" for p in models if p.exists()]
+    return lines

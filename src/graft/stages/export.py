@@ -1,0 +1,156 @@
+"""Stage `export`: models/model.pt → model.onnx (fp32), model.int8.onnx, model.fp16.onnx.
+
+Every file carries its class names, preprocessing, backbone, training-params hash and its own
+test accuracy as `graft.*` metadata (graft.deploy.onnx_export). Gates, all on the test split of
+the manifest (graft.deploy.gates):
+- fp32 must match the torch model on every test image (max |Δlogit| within
+  `export.max_abs_diff`, same top-1), else nothing is published;
+- int8 (static QDQ quantisation, calibrated on training images, graft.deploy.quantize) may lose at
+  most `export.max_int8_drop` accuracy points against fp32, fp16 at most `export.max_fp16_drop`.
+A variant that fails its gate is not published (a stale copy is removed, since it no longer
+belongs to model.onnx); the stage publishes what passed, writes the metrics, then raises.
+
+The network exported is `graft.models.checkpoint.deployed_checkpoint`: models/model.pt, or the
+from-scratch models/baseline.pt when the evaluate stage found negative transfer under
+`evaluate.on_negative_transfer: use_baseline` (the files then say `graft.deployed = baseline`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from graft.core.config import ExportParams, Params
+from graft.core.files import write_json
+from graft.core.layout import Layout
+from graft.data.images import Preprocessing
+from graft.data.manifest import absolute_paths, encode_labels, read_manifest
+from graft.deploy.gates import check_parity, gate_variants, score_files
+from graft.deploy.onnx_export import ExportError, deployed_kind, metadata, to_onnx
+from graft.deploy.onnx_model import attach_metadata
+from graft.deploy.quantize import quantize_int8, to_fp16
+from graft.models.checkpoint import deployed_checkpoint, load_checkpoint
+
+__all__ = ["ExportError", "run"]
+
+
+def run(params: Params, layout: Layout) -> dict[str, Any]:
+    """Export, quantise, score every file on the test split, gate, attach metadata, publish."""
+    cfg = params.export
+    start = time.perf_counter()
+    source = deployed_checkpoint(layout)
+    model, meta = load_checkpoint(source)
+    pre: Preprocessing = meta["preprocessing"]
+    names = list(meta["class_names"])
+    df = read_manifest(layout.manifest)
+    test = df[df["split"] == "test"]
+    test_paths = absolute_paths(test, layout.manifest)
+    if not test_paths:
+        raise ExportError(f"{layout.manifest}: no test images; the parity check needs at least one")
+    y_test = encode_labels(test["label"], names, layout.manifest, "test", "the model")
+
+    layout.models.mkdir(parents=True, exist_ok=True)
+    # Candidates are built in a hidden folder beside the outputs, so publishing is a rename.
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=layout.models) as tmp_dir:
+        base = metadata(meta, source, len(test_paths))
+        files, settings = _write_files(model, pre, cfg, Path(tmp_dir), base,
+                                       _calibration_paths(df, layout, cfg))
+        logits = score_files(model, files, test_paths, pre, cfg.batch_size)
+        parity = check_parity(logits, cfg.max_abs_diff, layout.onnx)
+        limits = {"int8": cfg.max_int8_drop, "fp16": cfg.max_fp16_drop}
+        paths = {name: layout.onnx_variant(name) for name in files}
+        accuracy, variants, failures = gate_variants(logits, y_test, limits, settings, paths)
+        for name, path in files.items():
+            if name == "fp32" or variants[name]["passed"]:
+                attach_metadata(path, {**base, "precision": name,
+                                       "test_accuracy": round(accuracy[name], 6)})
+                os.replace(path, paths[name])
+    for name in ("int8", "fp16"):  # a stale variant no longer belongs to the new model.onnx
+        if name not in variants or not variants[name]["passed"]:
+            layout.onnx_variant(name).unlink(missing_ok=True)
+
+    metrics = {
+        **_files_metrics(layout, source, cfg, meta),
+        **parity,
+        "n_parity_images": len(test_paths),
+        "max_abs_diff_allowed": cfg.max_abs_diff,
+        "parity_passed": True,
+        "accuracy": accuracy["fp32"],
+        "torch_accuracy": float((logits["torch"].argmax(1) == y_test).mean()),
+        **{name: {**v, **_size(layout.onnx_variant(name), layout)}
+           for name, v in variants.items()},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(layout.metrics("export"), metrics)
+    if failures:
+        raise ExportError("; ".join(failures))
+    return metrics
+
+
+def _files_metrics(layout: Layout, source: Path, cfg: ExportParams, meta: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """What was published, from which network, at which size."""
+    pre: Preprocessing = meta["preprocessing"]
+    return {
+        "onnx": str(_relative(layout.onnx, layout.root)),
+        "onnx_bytes": layout.onnx.stat().st_size,
+        "onnx_mb": round(layout.onnx.stat().st_size / 2**20, 3),
+        "opset": cfg.opset,
+        "backbone": meta["backbone"],
+        "source": str(_relative(source, layout.root)),
+        "deployed": deployed_kind(meta),
+        "input_size": pre.size,
+        "n_classes": len(meta["class_names"]),
+    }
+
+
+def _write_files(model: nn.Module, pre: Preprocessing, cfg: ExportParams, folder: Path,
+                 base: dict[str, Any], calibration: list[Path]
+                 ) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """model.onnx and the int8 / fp16 variants asked for, in `folder`, with the metadata every
+    file shares (each file's own precision and accuracy come after the gates); returns
+    {precision: path} and each variant's settings."""
+    files = {"fp32": folder / "model.onnx"}
+    to_onnx(model, files["fp32"], pre.size, cfg.opset, output_name="logits", metadata=base)
+    settings: dict[str, dict[str, Any]] = {"fp32": {}}
+    if cfg.int8:
+        files["int8"] = folder / "model.int8.onnx"
+        settings["int8"] = quantize_int8(
+            files["fp32"], files["int8"], pre.load(calibration), cfg.calibration,
+            cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.weight_type)
+    if cfg.fp16:
+        files["fp16"] = folder / "model.fp16.onnx"
+        settings["fp16"] = to_fp16(files["fp32"], files["fp16"])
+    for path in files.values():
+        attach_metadata(path, base)
+    return files, settings
+
+
+def _calibration_paths(df: Any, layout: Layout, cfg: ExportParams) -> list[Path]:
+    """Training images for INT8 calibration: all of them, or `calibration_images` drawn with
+    `seed`."""
+    train = df[df["split"] == "train"]
+    if len(train) > cfg.calibration_images:
+        train = train.sample(n=cfg.calibration_images, random_state=cfg.seed).sort_index()
+    return absolute_paths(train, layout.manifest)
+
+
+def _size(path: Path, layout: Layout) -> dict[str, Any]:
+    if not path.exists():  # failed its gate: not published
+        return {"file": None, "bytes": None, "size_vs_fp32": None}
+    size = path.stat().st_size
+    return {"file": str(_relative(path, layout.root)), "bytes": size,
+            "mb": round(size / 2**20, 3),
+            "size_vs_fp32": round(size / layout.onnx.stat().st_size, 4)}
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return path

@@ -1,0 +1,62 @@
+"""The retrain loop's steps that need no DVC (graft.lifecycle.retrain): change detection, params
+overrides, the pipeline's figures for the report. (The whole loop: tests/e2e/test_retrain.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from graft.core.config import ConfigError, load_params
+from graft.core.layout import Layout
+from graft.lifecycle.retrain import (
+    RetrainError,
+    apply_overrides,
+    compare_manifests,
+    manifest_hash,
+    pipeline_metrics,
+)
+from tests.fixtures import manifest_frame as manifest
+
+ROWS = [("h1", "a", "train"), ("h2", "b", "train"), ("h3", "a", "test")]
+
+
+def test_manifest_hash_ignores_paths_and_row_order():
+    assert manifest_hash(manifest(ROWS)) == manifest_hash(manifest(ROWS[::-1], prefix="moved"))
+    relabelled = [("h1", "b", "train")] + ROWS[1:]
+    resplit = [("h1", "a", "val")] + ROWS[1:]
+    assert len({manifest_hash(manifest(r)) for r in (ROWS, relabelled, resplit)}) == 3
+
+
+def test_compare_manifests_reports_no_change_additions_and_no_champion():
+    same = compare_manifests(manifest(ROWS), manifest(ROWS[::-1]))
+    assert not same["changed"] and same["summary"] == "no new or changed images"
+    grown = compare_manifests(manifest(ROWS[:2]), manifest(ROWS + [("h4", "b", "test")]))
+    assert grown["changed"] and (grown["added"], grown["removed"]) == (2, 0)
+    assert grown["summary"] == "2 images added, 0 removed"
+    resplit = compare_manifests(manifest(ROWS), manifest([("h1", "a", "val")] + ROWS[1:]))
+    assert resplit["changed"] and resplit["summary"].endswith("labels or splits changed")
+    first = compare_manifests(None, manifest(ROWS))
+    assert first["changed"] and first["summary"] == "no champion yet; 3 images"
+
+
+def test_apply_overrides_writes_checked_values_into_params_yaml(tmp_path):
+    layout = Layout(tmp_path)
+    layout.params.write_text(yaml.safe_dump({"finetune": {"lr": 0.001}}))
+    apply_overrides(layout, "/data/new", {"finetune.c_grid": [0.5]})
+    params = load_params(layout.params)
+    assert params.ingest.path == "/data/new" and params.finetune.c_grid == [0.5]
+    assert params.finetune.lr == 0.001
+    with pytest.raises(ConfigError, match="finetune.epochs: expected an integer"):
+        apply_overrides(layout, None, {"finetune.epochs": "many"})
+    with pytest.raises(RetrainError, match="expected section.key"):
+        apply_overrides(layout, None, {"lr": 0.1})
+    assert load_params(layout.params).finetune.epochs == 15  # a rejected override writes nothing
+
+
+def test_pipeline_metrics_are_the_numbers_of_the_evaluate_metrics(tmp_path):
+    layout = Layout(tmp_path)
+    assert pipeline_metrics(layout) is None  # before the evaluate stage
+    layout.metrics_dir.mkdir()
+    layout.metrics("evaluate").write_text('{"accuracy": 0.9, "n_test": 30, "best_baseline": '
+                                          '"small_cnn", "negative_transfer": false}')
+    assert pipeline_metrics(layout) == {"accuracy": 0.9, "n_test": 30}

@@ -1,0 +1,68 @@
+"""The `graft` command line (graft.cli): exit codes and what it prints, for the commands that are
+more than a stage (`graft rank`, `graft models`, `graft rollback`; `graft bench`:
+tests/unit/deploy/test_bench.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.core.layout import Layout
+from graft.data.manifest import read_manifest, write_manifest
+from graft.evaluation.transferability import rank_backbones
+from graft.lifecycle import registry
+from tests.fixtures import finetune_params, make_version
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_graft_rank_scores_every_backbone_and_caches_their_features(tiny_layout: Layout) -> None:
+    layout = tiny_layout  # Lite0 features at 32 px cached
+    layout.params.write_text(yaml.safe_dump(
+        {"features": {"backbone": "efficientnet_lite0", "image_size": 32, "batch_size": 32}}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["rank", "--root", str(layout.root), "--backbone",
+                                 "efficientnet_lite0", "--backbone", "efficientnet_lite1"])
+    assert result.exit_code == 0, result.output
+    assert "| 1 | efficientnet_lite" in result.output and "best: " in result.output
+    saved = json.loads(layout.rank.read_text())
+    ranking = saved["ranking"]
+    assert sorted(r["backbone"] for r in ranking) == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert [r["logme"] for r in ranking] == sorted((r["logme"] for r in ranking), reverse=True)
+    assert saved["best"] == ranking[0]["backbone"] and saved["n_train"] == 12
+    computed = {r["backbone"]: r["n_computed"] for r in ranking}
+    # Lite0's were cached by the features stage; Lite2 is left out to keep the test short
+    assert computed == {"efficientnet_lite0": 0, "efficientnet_lite1": 12}
+    assert (layout.features / "efficientnet_lite1-32.npz").exists()
+    again = rank_backbones(finetune_params(), layout, ["efficientnet_lite1"])
+    assert again["ranking"][0]["n_computed"] == 0
+
+
+def test_rank_needs_two_training_classes(tiny_layout: Layout) -> None:
+    layout = tiny_layout
+    df = read_manifest(layout.manifest)
+    write_manifest(layout.manifest, df[df["label"] == "circle"])
+    layout.params.write_text("features: {image_size: 32}\n")
+    result = CliRunner().invoke(app, ["rank", "--root", str(layout.root)])
+    assert result.exit_code == 1 and "fewer than 2 classes" in result.output
+
+
+def test_graft_models_and_graft_rollback_commands(tmp_path) -> None:
+    models = tmp_path / "models"
+    with registry.lock(models):
+        for name in ("a", "bb"):
+            registry.promote(models, make_version(models, tmp_path, name))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "--root", str(tmp_path)])
+    assert listed.exit_code == 0
+    assert listed.output.splitlines() == [
+        "* 20260102T000000Z-bb  2026-01-01  accuracy 50.0%  sha256 abababababab",
+        "  20260101T000000Z-a  2026-01-01  accuracy 50.0%  sha256 abababababab"]
+    back = runner.invoke(app, ["rollback", "20260101T000000Z-a", "--root", str(tmp_path)])
+    assert back.exit_code == 0 and "champion is now 20260101T000000Z-a" in back.output
+    assert (registry.champion_dir(models) / "model.pt").read_text() == "a"
+    bad = runner.invoke(app, ["rollback", "zzz", "--root", str(tmp_path)])
+    assert bad.exit_code == 1 and "no version 'zzz'" in bad.output
