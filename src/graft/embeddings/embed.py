@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,8 @@ from graft.embeddings.views import make_views, view_keys
 from graft.models.backbones import create_model, get_spec
 from graft.models.inference import run_model
 
+log = logging.getLogger(__name__)
+
 # embed_missing's result: (store, rows computed, device, seconds spent computing)
 EmbedRun = tuple[dict[str, np.ndarray], pd.DataFrame, torch.device, float]
 
@@ -50,19 +54,39 @@ def embed_missing(layout: Layout, params: Params, df: pd.DataFrame) -> EmbedRun:
     device = pick_device()
     compute_s = 0.0
     if len(todo) or len(views_todo):
-        model = create_model(cfg.backbone, num_classes=0,
-                             weights_dir=weights_dir(params, layout))
         pre = get_spec(cfg.backbone).preprocessing(cfg.image_size)
         t0 = time.perf_counter()
-        if len(todo):
-            vectors = run_model(model, absolute_paths(todo, layout.manifest), pre,
-                                cfg.batch_size, device, params.validate.max_pixels)
+        if len(todo) and cfg.cluster is not None:  # the cluster's workers build their own
+            vectors = _on_cluster(absolute_paths(todo, layout.manifest), params, layout)
             store.update(zip(todo["sha256"], vectors, strict=True))
-        if len(views_todo):
+            todo_here = todo.iloc[:0]
+        else:
+            todo_here = todo
+        if len(todo_here) or len(views_todo):
+            model = create_model(cfg.backbone, num_classes=0,
+                                 weights_dir=weights_dir(params, layout))
+        if len(todo_here):
+            vectors = run_model(model, absolute_paths(todo_here, layout.manifest), pre,
+                                cfg.batch_size, device, params.validate.max_pixels)
+            store.update(zip(todo_here["sha256"], vectors, strict=True))
+        if len(views_todo):  # labelled rows only: few, so always here
             store.update(_embed_views(model, views_todo, layout, pre, params, device))
         compute_s = time.perf_counter() - t0
         write_store(path, store)
     return store, todo, device, compute_s
+
+
+def _on_cluster(paths: list[Path], params: Params, layout: Layout) -> np.ndarray:
+    """Embeddings of `paths` in order, computed on the Dask cluster `features.cluster` names."""
+    from graft.embeddings.cluster import Network, embed_on_cluster  # imports Prefect
+
+    cfg = params.features
+    net = Network(cfg.backbone, str(weights_dir(params, layout).resolve()), cfg.image_size,
+                  cfg.batch_size, params.validate.max_pixels)
+    vectors, workers = embed_on_cluster(cfg.cluster, paths, net, cfg.shard_size)
+    log.info("features: %d images embedded in shards of %d on %d Dask worker(s) of %s",
+             len(paths), cfg.shard_size, len(workers), cfg.cluster)
+    return vectors
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from graft.core.config import FeaturesParams, Params
+from graft.core.config import ConfigError, FeaturesParams, Params
 from graft.core.files import atomic_output
 from graft.core.layout import Layout
 from graft.embeddings.views import view_keys
@@ -39,6 +39,9 @@ def check_params(p: FeaturesParams, source: str = "params") -> None:
     check_backbone(p.backbone, "features.backbone", source, also=(AUTO,))
     for name in p.auto_backbones:
         check_backbone(name, "features.auto_backbones", source)
+    if p.cluster is not None and not p.cluster.startswith(("tcp://", "tls://")):
+        raise ConfigError(f"{source}: features.cluster = {p.cluster!r} must be a Dask scheduler "
+                          "address, tcp://HOST:PORT (or tls://), or null to embed in-process")
 
 
 def with_backbone(params: Params, backbone: str) -> Params:

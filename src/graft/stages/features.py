@@ -51,6 +51,7 @@ def run(params: Params, layout: Layout) -> dict:
         "n_computed": int(n_computed),
         "n_cached": int(len(df) * len(names) - n_computed),
         "device": runs[backbone][2].type,
+        "cluster": cfg.cluster,  # the Dask scheduler the images were embedded on; null: here
         "images_per_s": round(n_computed / compute_s, 1) if compute_s else None,
         "seconds": round(time.perf_counter() - started, 2),
         "store": str(path.relative_to(layout.root)),
