@@ -26,30 +26,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import Flow, flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
-from graft.core import distributed  # noqa: E402
 from graft.core.config import load_params  # noqa: E402
 from graft.core.layout import STAGES, Layout  # noqa: E402
 from graft.lifecycle import registry  # noqa: E402
 from graft.lifecycle import retrain as steps  # noqa: E402
 from graft.lifecycle.report import commit_message, table_rows  # noqa: E402
-from graft.stages import check_params, runner  # noqa: E402
-
-
-def run_stage(stage: str, root: str | Path = ".", params_path: str | Path | None = None) -> dict:
-    """Run one stage in-process, without Prefect: load and check params, call its run().
-    finetune with `nproc_per_node` > 1 (and not already under torchrun) runs in that many
-    torchrun processes, `graft finetune --no-prefect` each; their metrics are read back."""
-    layout = Layout(Path(root))
-    path = params_path or layout.params
-    params = load_params(path)
-    check_params(params, str(path))
-    nproc = params.finetune.nproc_per_node
-    if stage == "finetune" and nproc > 1 and not distributed.launched():
-        distributed.launch(["graft.cli", stage, "--no-prefect", "--root",
-                            str(layout.root.resolve()), "--params", str(Path(path).resolve())],
-                           nproc)
-        return json.loads(layout.metrics(stage).read_text(encoding="utf-8"))
-    return runner(stage)(params, layout)
+from graft.stages import run_stage  # noqa: E402
 
 
 def _stage_flow(stage: str) -> Flow:
