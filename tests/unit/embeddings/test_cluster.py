@@ -9,6 +9,7 @@ PREFECT_API_URL names a server (README "Scaling out")."""
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,8 +17,10 @@ import pytest
 
 from graft.core.config import ConfigError
 from graft.core.layout import Layout
+from graft.data.images import ImageError
 from graft.embeddings.store import check_params, read_store, store_path
 from graft.stages import features
+from graft.strategies.training import BudgetExceeded
 from tests.fixtures import copy_stage_outputs, tiny_params
 
 pytest.importorskip("prefect_dask")
@@ -59,6 +62,14 @@ def test_the_store_on_a_dask_cluster_is_the_in_process_store(tiny_base, tmp_path
 
     # a rerun computes only what the store lacks: here nothing, so no task runs
     assert features.run(params, layout)["n_computed"] == 0
+
+
+def test_errors_raised_on_a_worker_reach_the_flow_whole() -> None:
+    # Dask and torchrun pickle a worker's exception: one that cannot be rebuilt from its args
+    # arrives as a TypeError about __init__ instead of the message naming the file
+    for error in (ImageError("/data/a.png", "cannot decode"), BudgetExceeded(1200.0, 600.0)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
 
 
 def test_cluster_must_be_a_scheduler_address() -> None:
