@@ -144,3 +144,19 @@ def test_a_manifest_row_cannot_leave_data_prepared(tmp_path):
     layout.manifest.write_text("\n".join(text) + "\n")
     code, out = graft_cli("validate", "--no-prefect", "--root", layout.root)
     assert_user_error(code, out, layout.manifest, "leave", "../../../etc/hostname")
+
+
+def test_a_damaged_or_pickled_feature_store_is_refused_by_name(tmp_path):
+    import numpy as np
+
+    from graft.embeddings.store import FeaturesError, read_store
+
+    cut = tmp_path / "cut.npz"
+    np.savez(cut, sha256=np.array(["a"]), features=np.zeros((1, 4), np.float32))
+    cut.write_bytes(cut.read_bytes()[:100])
+    objects = tmp_path / "objects.npz"  # an object array: loading it would unpickle
+    np.savez(objects, sha256=np.array(["a"]), features=np.array([_Payload(tmp_path / "x")]))
+    for path in (cut, objects):
+        with pytest.raises(FeaturesError, match=rf"{path.name}: not a readable feature store"):
+            read_store(path)
+    assert not (tmp_path / "x").exists()

@@ -19,7 +19,6 @@ from tests.fixtures import (
     ingest_params,
     make_split_project,
     tiny_champion,
-    tiny_params,
     unchanged,
 )
 
@@ -68,9 +67,10 @@ def _dead_pid() -> int:
 
 
 def test_temp_files_of_killed_runs_are_cleaned_at_the_next_run(tmp_path):
-    layout = make_split_project(tmp_path / "proj", {"train": 2, "test": 1}, size=16)
-    layout.params.write_text(yaml.safe_dump(tiny_params(
-        validate={"min_per_class": 1}).to_dict()))
+    src = image_tree(tmp_path / "src", {"a": 2, "b": 2})
+    layout = Layout(tmp_path / "proj")
+    layout.root.mkdir()
+    layout.params.write_text(yaml.safe_dump(ingest_params("folder", src).to_dict()))
     dead, alive = _dead_pid(), os.getpid()
     stale = [layout.models / f".model.pt.{dead}-0a1b2c3d.tmp",
              layout.features / f".lite0-32.npz.{dead}-00ff00ff.tmp",
@@ -85,7 +85,7 @@ def test_temp_files_of_killed_runs_are_cleaned_at_the_next_run(tmp_path):
             (path / "model.onnx").write_bytes(b"half")
         else:
             path.write_bytes(b"half-written")
-    code, out = graft_cli("validate", "--no-prefect", "--root", layout.root)
+    code, out = graft_cli("ingest", "--no-prefect", "--root", layout.root)
     assert code == 0, out
     assert not [p for p in stale if p.exists()] and all(p.exists() for p in kept)
 
