@@ -77,7 +77,8 @@ def test_temp_files_of_killed_runs_are_cleaned_at_the_next_run(tmp_path):
              layout.models / ".model.pt.k2j4h5g6.tmp",  # what earlier versions left
              layout.models / ".export-x1y2z3"]
     kept = [layout.models / f".model.pt.{alive}-0a1b2c3d.tmp",  # a run going on now
-            layout.models / "notes.tmp", layout.root / "data" / "raw" / ".x.12-ab.tmp"]
+            layout.models / "notes.tmp", layout.root / "data" / ".my-notes.abcdefgh.tmp",
+            layout.root / "data" / "raw" / ".x.12-ab.tmp"]
     for path in stale + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.name.startswith(".export-"):

@@ -25,7 +25,9 @@ TEMP_SUFFIX = ".tmp"
 # .<name>.<pid>-<random>.tmp; the pid says whether its writer still runs
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 # what Graft before these names left behind in its own output folders (no pid: always stale)
-_LEGACY = re.compile(r"^\.(.+\.[a-z0-9_]{8}\.tmp|export-.+|prepared\.(new|old)-.+)$")
+# (mkstemp's 8 characters after a name with one of the suffixes Graft writes)
+_LEGACY = re.compile(r"^\.(.+\.(pt|onnx|json|csv|npz|png|md|zip|yaml)\.[a-z0-9_]{8}\.tmp"
+                     r"|export-.+|prepared\.(new|old)-.+)$")
 # OS errors a user fixes outside Graft (space, permissions, a read-only disk)
 _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
