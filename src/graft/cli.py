@@ -33,6 +33,10 @@ def _user_errors() -> Iterator[None]:
     except (ValueError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:  # a full disk, a permission: one line naming the file, no traceback
+        where = exc.filename or "(no file named by the system)"
+        typer.secho(f"error: {where}: {exc.strerror or exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 def _run_stage(stage: str, root: Path, params: Path | None, no_prefect: bool) -> dict:
@@ -83,16 +87,24 @@ def summary(root: Root = Path(".")) -> None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="A Graft .onnx model.")],
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    model: Annotated[Path | None, typer.Option(
+        help="A Graft .onnx model; default: the champion's (models/champion/).")] = None,
+    root: Root = Path("."),
     top_k: Annotated[int, typer.Option(help="Labels per image.")] = 3,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 32,
 ) -> None:
-    """Classify images with an exported model; needs nothing but the .onnx file."""
+    """Classify images with the champion (or --model); needs nothing but the .onnx file."""
     from graft.deploy.predict import main
 
     with _user_errors():
+        if model is None and len(paths) > 1 and paths[0].suffix == ".onnx":
+            model, paths = paths[0], paths[1:]  # the older form: graft predict MODEL PATH...
+        if model is None:
+            from graft.lifecycle.ship import champion_onnx
+
+            model = champion_onnx(Layout(root).models)
         code = main(model, paths, top_k, fmt, batch_size)
     raise typer.Exit(code)
 
@@ -126,7 +138,8 @@ def models(root: Root = Path(".")) -> None:
 
     rows = versions(Layout(root).models)
     if not rows:
-        typer.echo(f"{Layout(root).models}: no champion yet; run `graft retrain`")
+        typer.echo(f"{Layout(root).models}: no champion yet; run `graft promote` (after "
+                   "`dvc repro`) or `graft retrain`")
     for r in rows:
         typer.echo(f"{'*' if r['status'] == 'champion' else ' '} {r['version']}  "
                    f"{r['created']}  accuracy {100 * r['accuracy']:.1f}%  "
@@ -147,15 +160,34 @@ def rollback(
 
 
 @app.command()
+def promote(root: Root = Path(".")) -> None:
+    """Gate the exported model against the champion and promote it if it passes (the first
+    champion of a project comes this way, after `dvc repro`)."""
+    from graft.lifecycle.retrain import promote_workspace
+
+    with _user_errors():
+        result = promote_workspace(Layout(root))
+    for reason in result["reasons"]:
+        typer.echo(f"  {reason}")
+    if not result["promote"]:
+        typer.secho(f"error: {Layout(root).model}: not promoted; the champion "
+                    f"{result['champion_version']} stays (the gate's reasons above)",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"champion is now {result['promoted_version']}")
+
+
+@app.command()
 def bundle(
     root: Root = Path("."),
     out: Annotated[Path | None, typer.Option(help="Bundle folder; default ROOT/bundle.")] = None,
 ) -> None:
-    """Pack the exported models, labels.json and a standalone predict.py into a folder + .zip."""
-    from graft.deploy.bundle import build_bundle
+    """Pack the champion's models, labels.json and a standalone predict.py into a folder + .zip
+    (only a new folder, or one an earlier bundle made)."""
+    from graft.lifecycle.ship import bundle_champion
 
     with _user_errors():
-        result = build_bundle(Layout(root), out)
+        result = bundle_champion(Layout(root), out)
     typer.echo(json.dumps(result, indent=2))
 
 

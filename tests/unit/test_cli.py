@@ -4,6 +4,7 @@ tests/unit/deploy/test_bench.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -58,9 +59,10 @@ def test_graft_models_and_graft_rollback_commands(tmp_path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["models", "--root", str(tmp_path)])
     assert listed.exit_code == 0
-    assert listed.output.splitlines() == [
-        "* 20260102T000000Z-bb  2026-01-01  accuracy 50.0%  sha256 abababababab",
-        "  20260101T000000Z-a  2026-01-01  accuracy 50.0%  sha256 abababababab"]
+    sha = {name: hashlib.sha256(name.encode()).hexdigest()[:12] for name in ("a", "bb")}
+    assert listed.output.splitlines() == [  # the sha256 the registry took of each model.pt
+        f"* 20260102T000000Z-bb  2026-01-01  accuracy 50.0%  sha256 {sha['bb']}",
+        f"  20260101T000000Z-a  2026-01-01  accuracy 50.0%  sha256 {sha['a']}"]
     back = runner.invoke(app, ["rollback", "20260101T000000Z-a", "--root", str(tmp_path)])
     assert back.exit_code == 0 and "champion is now 20260101T000000Z-a" in back.output
     assert (registry.champion_dir(models) / "model.pt").read_text() == "a"

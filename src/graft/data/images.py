@@ -7,6 +7,7 @@ input. Nothing else in Graft opens an image file.
 
 from __future__ import annotations
 
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -51,9 +52,12 @@ def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 def _open(path: Path | str, max_pixels: int) -> Image.Image:
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the decoder forever
+        raise ImageError(path, "not a regular file")
+    size = info.st_size
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     try:

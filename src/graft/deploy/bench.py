@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,12 @@ import torch
 
 from graft.core import VERSION
 from graft.core.device import amp_dtype, physical_cores, to_device, to_input
+from graft.core.files import sha256_file
 from graft.core.layout import Layout
 from graft.data.manifest import absolute_paths, read_manifest
 from graft.deploy.onnx_model import OnnxClassifier, available_providers
-from graft.models.checkpoint import load_checkpoint
+from graft.deploy.publish import check_set, set_files
+from graft.models.checkpoint import deployed_checkpoint, load_checkpoint
 
 Runner = Callable[[np.ndarray], Any]  # float32 (N, 3, S, S) → anything; returns when done
 
@@ -67,11 +70,14 @@ def bench_inference(layout: Layout, batch_size: int = 32, seconds: float = 10.0,
     """Every runtime that can run here, on real test images of the project's manifest."""
     if not layout.onnx.exists():
         raise BenchError(f"{layout.onnx}: not found; run the export stage first")
+    # every row must time the same network: one export's set, from the checkpoint beside it
+    source = deployed_checkpoint(layout)
+    check_set(set_files(layout.models), sha256_file(source))
     threads = threads or physical_cores()
     torch.set_num_threads(threads)
     fp32 = OnnxClassifier(layout.onnx, providers=["CPUExecutionProvider"], threads=threads)
     x = _sample(layout, fp32.preprocessing, batch_size)
-    runners, skipped = _runners(layout, threads)
+    runners, skipped = _runners(layout, source, threads)
     load_before = round(os.getloadavg()[0], 2)
     rows = [measure(name, run, x, seconds, warmup, min_iters) for name, run in runners.items()]
     base = {r["runtime"]: r["images_per_s"] for r in rows}
@@ -87,11 +93,12 @@ def bench_inference(layout: Layout, batch_size: int = 32, seconds: float = 10.0,
             "settings": {"seconds": seconds, "warmup": warmup, "min_iters": min_iters}}
 
 
-def _runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str, str]]:
+def _runners(layout: Layout, source: Path, threads: int
+             ) -> tuple[dict[str, Runner], dict[str, str]]:
     """name → runner for every runtime available here; name → reason for the others."""
     runners: dict[str, Runner] = {}
     skipped: dict[str, str] = {}
-    model, _ = load_checkpoint(layout.model)
+    model, _ = load_checkpoint(source)
 
     def eager(xb: np.ndarray) -> Any:
         with torch.inference_mode():

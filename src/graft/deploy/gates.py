@@ -15,6 +15,13 @@ from graft.data.images import Preprocessing
 from graft.deploy.onnx_export import ExportError
 from graft.deploy.onnx_model import OnnxClassifier
 
+# What a user has after a failed export, precisely: dvc repro deletes a stage's outputs before
+# running it, so "the previous model.onnx was kept" was true only outside DVC.
+NOTHING_PUBLISHED = (
+    "nothing was published: models/*.onnx are what they were before this run (none after "
+    "`dvc repro`, which deletes a stage's outputs before running it); what ships, the "
+    "champion in models/champion/, is unchanged")
+
 
 @torch.inference_mode()
 def score_files(
@@ -58,8 +65,7 @@ def check_parity(logits: dict[str, np.ndarray], max_abs_diff: float, onnx_path: 
         raise ExportError(
             f"{onnx_path}: parity check failed on {len(logits['fp32'])} test images: "
             f"max |Δlogit| = {parity['max_abs_diff']:.3g} (allowed {max_abs_diff:.3g}), "
-            f"top-1 agreement = {parity['top1_agreement']:.4f} (required 1.0); "
-            "the previous model.onnx, if any, was kept")
+            f"top-1 agreement = {parity['top1_agreement']:.4f} (required 1.0); {NOTHING_PUBLISHED}")
     return parity
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def metadata(meta: dict[str, Any], model_path: Path, n_test: int) -> dict[str, A
         "deployed": deployed_kind(meta),
         "params_sha256": hashlib.sha256(training.encode()).hexdigest(),  # finetune params
         "source_sha256": sha256_file(model_path),  # which model.pt this file came from
+        "export_id": uuid.uuid4().hex,  # one per export: a set's files share it (deploy.publish)
         "n_test": n_test,
     }
 

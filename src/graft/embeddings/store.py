@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,13 @@ def store_path(layout: Layout, params: Params) -> Path:
 def read_store(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         return {}
-    with np.load(path, allow_pickle=False) as npz:
-        return dict(zip(npz["sha256"].tolist(), npz["features"], strict=True))
+    try:  # a cache a user may pull or copy: arrays only, never pickled objects
+        with np.load(path, allow_pickle=False) as npz:
+            return dict(zip(npz["sha256"].tolist(), npz["features"], strict=True))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise FeaturesError(f"{path}: not a readable feature store ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}); delete it, then run the features stage "
+                            "again") from None
 
 
 def write_store(path: Path, store: dict[str, np.ndarray]) -> None:

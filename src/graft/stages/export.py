@@ -17,8 +17,7 @@ from-scratch models/baseline.pt when the evaluate stage found negative transfer 
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,14 @@ from typing import Any
 from torch import nn
 
 from graft.core.config import ExportParams, Params
-from graft.core.files import write_json
+from graft.core.files import temp_dir, write_json
 from graft.core.layout import Layout
 from graft.data.images import Preprocessing
 from graft.data.manifest import absolute_paths, encode_labels, read_manifest
 from graft.deploy.gates import check_parity, gate_variants, score_files
 from graft.deploy.onnx_export import ExportError, deployed_kind, metadata, to_onnx
 from graft.deploy.onnx_model import attach_metadata
+from graft.deploy.publish import publish_set
 from graft.deploy.quantize import quantize_int8, to_fp16
 from graft.models.checkpoint import deployed_checkpoint, load_checkpoint
 
@@ -56,23 +56,26 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
 
     layout.models.mkdir(parents=True, exist_ok=True)
     # Candidates are built in a hidden folder beside the outputs, so publishing is a rename.
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=layout.models) as tmp_dir:
+    tmp_dir = temp_dir(layout.onnx)
+    try:
         base = metadata(meta, source, len(test_paths))
-        files, settings = _write_files(model, pre, cfg, Path(tmp_dir), base,
+        files, settings = _write_files(model, pre, cfg, tmp_dir, base,
                                        _calibration_paths(df, layout, cfg))
         logits = score_files(model, files, test_paths, pre, cfg.batch_size)
         parity = check_parity(logits, cfg.max_abs_diff, layout.onnx)
         limits = {"int8": cfg.max_int8_drop, "fp16": cfg.max_fp16_drop}
         paths = {name: layout.onnx_variant(name) for name in files}
         accuracy, variants, failures = gate_variants(logits, y_test, limits, settings, paths)
-        for name, path in files.items():
-            if name == "fp32" or variants[name]["passed"]:
-                attach_metadata(path, {**base, "precision": name,
-                                       "test_accuracy": round(accuracy[name], 6)})
-                os.replace(path, paths[name])
-    for name in ("int8", "fp16"):  # a stale variant no longer belongs to the new model.onnx
-        if name not in variants or not variants[name]["passed"]:
-            layout.onnx_variant(name).unlink(missing_ok=True)
+        passed = {name: path for name, path in files.items()
+                  if name == "fp32" or variants[name]["passed"]}
+        for name, path in passed.items():
+            attach_metadata(path, {**base, "precision": name,
+                                   "test_accuracy": round(accuracy[name], 6)})
+        # one set: a variant left from an older export no longer belongs to the new model.onnx
+        stale = [layout.onnx_variant(n) for n in ("int8", "fp16") if n not in passed]
+        publish_set(passed, stale, layout.models)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
     metrics = {
         **_files_metrics(layout, source, cfg, meta),
