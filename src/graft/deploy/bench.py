@@ -24,8 +24,10 @@ import torch
 from graft.core import VERSION
 from graft.core.device import amp_dtype, physical_cores, to_device, to_input
 from graft.core.layout import Layout
+from graft.core.progress import Progress
 from graft.data.manifest import absolute_paths, read_manifest
 from graft.deploy.onnx_model import OnnxClassifier, available_providers
+from graft.deploy.roofline import cpu_peak, graph_gflops
 from graft.models.checkpoint import load_checkpoint
 
 Runner = Callable[[np.ndarray], Any]  # float32 (N, 3, S, S) → anything; returns when done
@@ -73,7 +75,11 @@ def bench_inference(layout: Layout, batch_size: int = 32, seconds: float = 10.0,
     x = _sample(layout, fp32.preprocessing, batch_size)
     runners, skipped = _runners(layout, threads)
     load_before = round(os.getloadavg()[0], 2)
-    rows = [measure(name, run, x, seconds, warmup, min_iters) for name, run in runners.items()]
+    rows = []
+    with Progress("bench", len(runners), "runtime") as bar:
+        for name, run in runners.items():
+            rows.append(measure(name, run, x, seconds, warmup, min_iters))
+            bar.update(last=f"{name} {rows[-1]['images_per_s']} img/s")
     base = {r["runtime"]: r["images_per_s"] for r in rows}
     eager, ort32 = base.get("torch eager fp32 (CPU)"), base.get("onnxruntime fp32 (CPU)")
     ratios = {}
@@ -81,7 +87,14 @@ def bench_inference(layout: Layout, batch_size: int = 32, seconds: float = 10.0,
         ratios["onnxruntime_fp32_vs_torch_eager"] = round(ort32 / eager, 2)
     if ort32 and base.get("onnxruntime int8 (CPU)"):
         ratios["onnxruntime_int8_vs_fp32"] = round(base["onnxruntime int8 (CPU)"] / ort32, 2)
-    return {"rows": rows, "ratios": ratios, "skipped": skipped, "threads": threads,
+    roofline = None
+    if ort32:
+        gflop, peak = graph_gflops(layout.onnx), cpu_peak()
+        roofline = {"gflop_per_image": round(gflop, 4), "peak": peak,
+                    "fp32_gflops": round(ort32 * gflop, 1),
+                    "fp32_percent_of_peak": round(100 * ort32 * gflop / peak["gflops"], 1)}
+    return {"rows": rows, "ratios": ratios, "roofline": roofline, "skipped": skipped,
+            "threads": threads,
             "image_size": fp32.preprocessing.size, "backbone": fp32.metadata["backbone"],
             "machine": machine(load_before),
             "settings": {"seconds": seconds, "warmup": warmup, "min_iters": min_iters}}

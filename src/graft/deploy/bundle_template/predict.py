@@ -11,6 +11,7 @@ be decoded are reported on stderr and skipped; the exit code is then 1.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -175,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([{"path": path, "top_k": [{"label": lb, "prob": round(p, 6)}
                                                     for lb, p in top]} for path, top in rows],
                          indent=2))
-    else:
-        sep = "," if args.format == "csv" else "  "
+    elif args.format == "csv":  # the same columns as `graft predict --format csv`
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["path", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "prob")]])
         for path, top in rows:
-            print(sep.join([path, *[f"{lb}{sep}{p:.6f}" for lb, p in top]]))
+            out.writerow([path, *[v for lb, p in top for v in (lb, f"{p:.6f}")]])
+    else:  # an aligned table with a header, as `graft predict` prints it
+        table = [["path", *[f"top-{i}" for i in range(1, k + 1)]]]
+        table += [[path, *[f"{lb} ({p:.3f})" for lb, p in top]] for path, top in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
     return 1 if failures else 0
 
 
