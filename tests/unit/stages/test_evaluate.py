@@ -79,7 +79,7 @@ def test_zeroed_head_is_negative_transfer(tmp_path) -> None:
     assert result["transfer_gain"] < 0 and result["negative_transfer"] is True
     negative = [line for line in summary_lines(result) if "NEGATIVE TRANSFER" in line]
     assert len(negative) == 1 and negative[0].startswith("WARNING")
-    assert result["best_baseline"] in warnings[0]
+    assert result["best_baseline"] in negative[0]
     assert "NEGATIVE TRANSFER" in layout.report("evaluate.md").read_text()
 
 
