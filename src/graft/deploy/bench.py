@@ -85,6 +85,10 @@ def bench_inference(layout: Layout, batch_size: int = 32, seconds: float = 10.0,
     ratios = {}
     if eager and ort32:
         ratios["onnxruntime_fp32_vs_torch_eager"] = round(ort32 / eager, 2)
+    for name in ("fp32", "int8"):
+        ort, ov = base.get(f"onnxruntime {name} (CPU)"), base.get(f"openvino {name} (CPU)")
+        if ort and ov:
+            ratios[f"openvino_{name}_vs_onnxruntime_{name}"] = round(ov / ort, 2)
     if ort32 and base.get("onnxruntime int8 (CPU)"):
         ratios["onnxruntime_int8_vs_fp32"] = round(base["onnxruntime int8 (CPU)"] / ort32, 2)
     roofline = None
@@ -117,6 +121,9 @@ def _runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str,
             runners[f"onnxruntime {name} (CPU)"] = session.logits
         else:
             skipped[f"onnxruntime {name} (CPU)"] = f"{path} not found (export.{name}: false?)"
+    runners_ov, skipped_ov = _openvino_runners(layout, threads)
+    runners |= runners_ov
+    skipped |= skipped_ov
     gpu_rows = ("torch AMP channels_last (CUDA)", "onnxruntime fp32 (CUDA)",
                 "onnxruntime fp16 (CUDA)", "onnxruntime fp32 (TensorRT)")
     if not torch.cuda.is_available():
@@ -134,6 +141,25 @@ def _runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str,
         else:
             runners[row] = OnnxClassifier(path, providers=[provider, "CPUExecutionProvider"]).logits
     return runners, skipped
+
+
+def _openvino_runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str, str]]:
+    """The same .onnx files in OpenVINO on the CPU (f32 maths, as onnxruntime's: its default
+    on CPUs with bf16 units would be bf16, another model), when the `openvino` extra is in."""
+    names = {"fp32": layout.onnx, "int8": layout.onnx_int8}
+    try:
+        import openvino as ov
+    except ImportError:
+        why = "openvino is not installed (pip install -e '.[openvino]')"
+        return {}, {f"openvino {name} (CPU)": why for name in names}
+    core, runners = ov.Core(), {}
+    for name, path in names.items():
+        if path.exists():
+            compiled = core.compile_model(str(path), "CPU", {
+                "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+            request = compiled.create_infer_request()
+            runners[f"openvino {name} (CPU)"] = lambda xb, r=request: r.infer({0: xb})[0]
+    return runners, {}
 
 
 def _torch_cuda(model: torch.nn.Module) -> Runner:
