@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -68,3 +72,53 @@ def test_graft_models_and_graft_rollback_commands(tmp_path) -> None:
     assert (registry.champion_dir(models) / "model.pt").read_text() == "a"
     bad = runner.invoke(app, ["rollback", "zzz", "--root", str(tmp_path)])
     assert bad.exit_code == 1 and "no version 'zzz'" in bad.output
+
+
+# What a user sees when they get something wrong: one line, no traceback, no Prefect, no torch.
+
+PROBE = """
+import sys
+from graft.cli import app
+try:
+    app(sys.argv[1:])
+finally:
+    heavy = sorted(m for m in ("torch", "prefect", "timm") if m in sys.modules)
+    print("imported:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+def _graft(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("stage", ["finetune", "features"])
+def test_a_typo_in_params_is_one_line_before_prefect_or_torch_load(tmp_path, stage) -> None:
+    (tmp_path / "params.yaml").write_text("finetune:\n  strategy: linear_prob\n")
+    started = time.monotonic()
+    proc = _graft([stage, "--root", str(tmp_path)], tmp_path)
+    seconds = time.monotonic() - started
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert lines[-1] == "imported:"  # neither torch nor prefect: as fast as Python starts
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "linear_prob" in lines[0]
+    assert "params.yaml" in lines[0] and "Traceback" not in proc.stderr
+    assert seconds < 30  # a loose bound for a loaded CI box; the import check is the real one
+
+
+def test_a_missing_params_file_names_it(tmp_path) -> None:
+    proc = _graft(["validate", "--root", str(tmp_path / "nowhere")], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == (
+        f"error: {tmp_path / 'nowhere' / 'params.yaml'}: params file not found")
+
+
+def test_version_and_plain_help() -> None:
+    from graft.core import VERSION
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output == f"graft {VERSION}\n"
+    help_text = runner.invoke(app, ["bench", "--help"]).output
+    assert "--train " in help_text and "<bool>" not in help_text and "╭" not in help_text
+    assert "--verbose" in runner.invoke(app, ["--help"]).output

@@ -54,7 +54,10 @@ class IngestParams:
     # row cannot pull any readable file (/etc/shadow) into the data and DVC's cache
     root: str | None = param(None, nonempty=True)
     shots_per_class: int | None = param(10, ge=1)  # training images per class; None = all left
-    val_per_class: int = param(10, ge=0)
+    val_per_class: int = param(10, ge=0)  # at most, and never over val_fraction of the class
+    # share of a class (after test) that val may take: a folder of 15 images per class keeps 10
+    # for training rather than giving val its 10 and training 2
+    val_fraction: float = param(0.2, ge=0, lt=1)
     test_size: int | None = param(2000, ge=1)  # cap on test images (stratified); None = all
     test_fraction: float = param(0.2, ge=0, lt=1)  # held out per class without a test split
     seed: int = param(0, ge=0, le=MAX_SEED)
@@ -149,12 +152,19 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class ExportParams:
     opset: int = param(17, ge=MIN_OPSET, le=MAX_OPSET)
-    max_abs_diff: float = param(1e-4, gt=0)  # torch vs onnxruntime logits, every test image
+    # fp32 parity: |Δlogit| allowed, × the image's largest |logit| when that is above 1
+    max_abs_diff: float = param(1e-4, gt=0)
+    parity_images: int = param(64, ge=1, le=100_000)  # torch reference (a trained backbone)
     batch_size: int = param(32, ge=1, le=MAX_BATCH)
     # models/model.int8.onnx: onnxruntime static quantisation (QDQ), gated on test accuracy
     int8: bool = True
     max_int8_drop: float = param(1.0, ge=0)  # accuracy points (fp32 − int8 top-1) allowed
-    calibration: Literal["minmax", "entropy", "percentile"] = "percentile"
+    # share of test images whose int8 top-1 equals fp32's (the net accuracy drop hides flips);
+    # the demo measures 94.8% with minmax calibration (docs/deployment.md)
+    min_int8_agreement: float = param(0.93, ge=0, le=1)
+    # minmax: on the demo as accurate as percentile (94.8% vs 95.7% agreement, +0.05 vs +0.25
+    # points), 3.5× faster and in bounded memory (percentile held 8 GB of activations)
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = param(200, ge=1, le=100_000)  # training images, drawn with `seed`
     per_channel: bool = True  # per-tensor scales ruin depthwise convolutions
     reduce_range: bool = False  # 7-bit weights; set true on x86 CPUs without VNNI
@@ -163,6 +173,8 @@ class ExportParams:
     # models/model.fp16.onnx for GPUs (float32 input/output), gated like int8
     fp16: bool = True
     max_fp16_drop: float = param(0.5, ge=0)  # accuracy points
+    min_fp16_agreement: float = param(0.99, ge=0, le=1)
+    fp16_check_images: int = param(500, ge=0)  # test images fp16 is checked on; 0 = all
     seed: int = param(0, ge=0, le=MAX_SEED)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+HEADLINES = ("scores", "onnx")  # written by evaluate and export
 STAGES = ("ingest", "validate", "features", "finetune", "evaluate", "export")
 # the export's ONNX set by precision: the same names in models/ and in a registry version
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
@@ -25,6 +26,11 @@ class Layout:
     @property
     def params(self) -> Path:
         return self.root / "params.yaml"
+
+    @property
+    def dvc_lock(self) -> Path:
+        """What `dvc repro` last ran with: each stage's params and dependency hashes."""
+        return self.root / "dvc.lock"
 
     # data/
     @property
@@ -114,10 +120,12 @@ class Layout:
     def metrics_dir(self) -> Path:
         return self.root / "metrics"
 
-    def metrics(self, stage: str) -> Path:
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        return self.metrics_dir / f"{stage}.json"
+    def metrics(self, name: str) -> Path:
+        """metrics/<stage>.json (everything a stage measured), or one of HEADLINES: the few
+        figures DVC shows (`dvc metrics show`, `dvc exp show`)."""
+        if name not in STAGES and name not in HEADLINES:
+            raise ValueError(f"unknown metrics {name!r}; they are {', '.join(STAGES + HEADLINES)}")
+        return self.metrics_dir / f"{name}.json"
 
     @property
     def rank(self) -> Path:

@@ -114,9 +114,10 @@ def assign_splits(candidates: Sequence[Candidate], p: IngestParams) -> list[str 
 
     test: the source's own test set if it has one, else `test_fraction` of each class; then
     capped at `test_size` images in proportion to class sizes. val: the source's own val rows if
-    any, else `val_per_class` per class. train: `shots_per_class` of what remains. Each draw
-    uses its own generator seeded by (seed, purpose, label), so raising shots_per_class only adds
-    images, and test/val never depend on shots_per_class or on the other classes."""
+    any, else `val_per_class` per class but at most `val_fraction` of what test left. train:
+    `shots_per_class` of what remains. Each draw uses its own generator seeded by (seed,
+    purpose, label), so raising shots_per_class only adds images, and test/val never depend on
+    shots_per_class or on the other classes."""
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, cand in enumerate(candidates):
         by_label[cand.label].append(i)
@@ -143,7 +144,8 @@ def assign_splits(candidates: Sequence[Candidate], p: IngestParams) -> list[str 
             rest = free[label]
         else:
             shuffled = _shuffle(free[label], p.seed, "val", label)
-            val, rest = shuffled[: p.val_per_class], shuffled[p.val_per_class:]
+            k = min(p.val_per_class, _test_count(len(shuffled), p.val_fraction))
+            val, rest = shuffled[:k], shuffled[k:]
         train = _shuffle(sorted(rest + [i for i in idx if fixed[i] == "train"]),
                          p.seed, "train", label)
         if p.shots_per_class is not None:
@@ -164,7 +166,7 @@ def _shuffle(items: Sequence[int], seed: int, purpose: str, label: str) -> list[
 
 
 def _test_count(n: int, fraction: float) -> int:
-    """Images per class held out for test: at least one, and never the whole class."""
+    """Images of a class held out (for test, or val): at least one, never the whole class."""
     if n < 2 or fraction <= 0:
         return 0
     return min(max(1, round(n * fraction)), n - 1)

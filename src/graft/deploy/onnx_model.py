@@ -14,16 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from graft.core.device import physical_cores
 from graft.data.images import DEFAULT_MAX_PIXELS, ImageError, Preprocessing, read_image
+from graft.models.onnx_graph import GraphError, available_providers, create_session
 
 PREFIX = "graft."
 # Stored as JSON text (lists, numbers); the other keys are plain strings, readable in Netron.
 JSON_KEYS = frozenset({"class_names", "mean", "std", "input_size"})
 REQUIRED_KEYS = ("class_names", "mean", "std", "input_size", "resize", "backbone", "version")
-# Fastest first; onnxruntime falls back along the list for nodes a provider cannot run.
-PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 MAX_INPUT_SIZE = 4096  # pixels; one 4096² float32 image is already 200 MB
+
+
+__all__ = ["GraphError", "OnnxClassifier", "OnnxModelError", "available_providers",
+           "create_session", "read_metadata", "softmax"]
 
 
 class OnnxModelError(ValueError):
@@ -142,36 +144,6 @@ def preprocessing_from_metadata(meta: dict[str, Any], path: Path | str) -> Prepr
     return Preprocessing(
         int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]), meta["resize"]
     )
-
-
-def available_providers(prefer_gpu: bool = True) -> list[str]:
-    """Execution providers to request, best first: TensorRT and CUDA only where this
-    onnxruntime build lists them (requesting an unlisted one fails), always CPU last."""
-    import onnxruntime as ort
-
-    listed = set(ort.get_available_providers())
-    gpu = [p for p in PROVIDER_PREFERENCE if prefer_gpu and p in listed]
-    return [*gpu, "CPUExecutionProvider"]
-
-
-def create_session(
-    path: Path | str, providers: Sequence[str] | None = None, threads: int | None = None
-) -> Any:
-    """An onnxruntime InferenceSession with all graph optimisations on and `threads` intra-op
-    threads (default: the physical cores)."""
-    import onnxruntime as ort
-
-    path = _existing(path)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or physical_cores()
-    options.inter_op_num_threads = 1  # a CNN is one chain of ops: nothing to run in parallel
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=list(providers or available_providers())
-        )
-    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
-        raise OnnxModelError(f"{path}: onnxruntime cannot load it ({exc})") from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

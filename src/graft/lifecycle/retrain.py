@@ -182,13 +182,12 @@ def dvc_push(layout: Layout) -> None:
 
 
 def pipeline_metrics(layout: Layout) -> dict[str, Any] | None:
-    """The numeric figures of metrics/evaluate.json, for the report; None before evaluation."""
-    path = layout.metrics("evaluate")
+    """The headline test figures of the evaluate stage (metrics/scores.json), for the report;
+    None before evaluation."""
+    path = layout.metrics("scores")
     if not path.exists():
         return None
-    metrics = json.loads(path.read_text(encoding="utf-8"))
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v,
-                                                                                               bool)}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def write_report(layout: Layout, result: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from graft.core.config import Params
 from graft.core.layout import STAGES, Layout
-from graft.embeddings.store import check_params as check_features
+from graft.embeddings.choice import check_params as check_features
 from graft.strategies import check_params as check_finetune
 
 __all__ = ["STAGES", "check_params", "runner"]

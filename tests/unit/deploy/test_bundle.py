@@ -106,7 +106,9 @@ def test_bundled_predict_reports_bad_files(exported, tmp_path):
                           capture_output=True, text=True, cwd=folder)
     assert proc.returncode == 1
     assert "skipped" in proc.stderr and "bad.png" in proc.stderr
-    assert len(proc.stdout.strip().splitlines()) == 2  # the two circles were still classified
+    header, *rows = proc.stdout.strip().splitlines()
+    assert header.split()[:2] == ["path", "top-1"]  # a table with a header, as graft predict's
+    assert len(rows) == 2  # the two circles were still classified
 
 
 def test_bundle_runs_in_a_clean_venv_with_three_packages(exported, tmp_path):

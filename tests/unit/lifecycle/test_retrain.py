@@ -7,6 +7,7 @@ import pytest
 
 from graft.core.config import ConfigError, load_params
 from graft.core.layout import Layout
+from graft.lifecycle.report import markdown
 from graft.lifecycle.retrain import (
     RetrainError,
     compare_manifests,
@@ -76,10 +77,14 @@ def test_a_killed_runs_params_come_back_unless_the_user_edited_them(tmp_path):
     assert not restore_params(layout) and load_params(layout.params).finetune.lr == 0.2
 
 
-def test_pipeline_metrics_are_the_numbers_of_the_evaluate_metrics(tmp_path):
+def test_pipeline_metrics_are_the_headline_test_figures_read_as_people_do(tmp_path):
     layout = Layout(tmp_path)
     assert pipeline_metrics(layout) is None  # before the evaluate stage
     layout.metrics_dir.mkdir()
-    layout.metrics("evaluate").write_text('{"accuracy": 0.9, "n_test": 30, "best_baseline": '
-                                          '"small_cnn", "negative_transfer": false}')
-    assert pipeline_metrics(layout) == {"accuracy": 0.9, "n_test": 30}
+    layout.metrics("scores").write_text('{"accuracy": 0.80851, "roc_auc": 0.97712, '
+                                        '"baseline": 0.697, "gain": 0.1115}')
+    figures = pipeline_metrics(layout)
+    assert figures == {"accuracy": 0.80851, "roc_auc": 0.97712, "baseline": 0.697, "gain": 0.1115}
+    text = markdown({"status": "kept champion", "pipeline_metrics": figures})
+    assert "| accuracy | 80.9% |" in text and "| gain | +11.2 pts |" in text
+    assert "| roc_auc | 0.977 |" in text and "0.80851" not in text

@@ -209,13 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([{"path": path, "top_k": [{"label": lb, "prob": round(p, 6)}
                                                     for lb, p in top]} for path, top in rows],
                          indent=2))
-    elif args.format == "csv":  # quoted: a path or a label may hold a comma, quote or newline
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+    elif args.format == "csv":  # `graft predict --format csv`'s columns; quoted: a path or a
+        out = csv.writer(sys.stdout, lineterminator="\n")  # label may hold a comma or newline
+        out.writerow(["path", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "prob")]])
         for path, top in rows:
-            writer.writerow([path, *[v for lb, p in top for v in (lb, f"{p:.6f}")]])
-    else:
-        for path, top in rows:
-            print("  ".join([path, *[f"{lb}  {p:.6f}" for lb, p in top]]))
+            out.writerow([path, *[v for lb, p in top for v in (lb, f"{p:.6f}")]])
+    else:  # an aligned table with a header, as `graft predict` prints it
+        table = [["path", *[f"top-{i}" for i in range(1, k + 1)]]]
+        table += [[path, *[f"{lb} ({p:.3f})" for lb, p in top]] for path, top in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
     return 1 if failures else 0
 
 
