@@ -32,6 +32,15 @@ _LEGACY = re.compile(r"^\.(.+\.(pt|onnx|json|csv|npz|png|md|zip|yaml)\.[a-z0-9_]
 _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE = 0o666 & ~_umask()  # outputs are readable by whom the user's umask allows
+
+
 class OutputError(ValueError):
     """An output Graft could not write (disk full, read-only, no permission); names the file."""
 
@@ -62,6 +71,7 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.touch(mode=0o600)
         yield tmp
+        os.chmod(tmp, _NEW_FILE_MODE)  # what open() would have made: 0644 under umask 022
         os.replace(tmp, path)
     except OSError as exc:
         raise output_error(path, exc) from None
