@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from graft.core.config import FinetuneParams  # noqa: E402
 from graft.core.device import amp_dtype, pick_device  # noqa: E402
 from graft.models.backbones import create_model, get_spec  # noqa: E402
-from graft.strategies.training import Data, Step, train, train_step  # noqa: E402
+from graft.strategies.step import Step, train_step  # noqa: E402
+from graft.strategies.training import Data, train  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 

@@ -81,10 +81,10 @@ def _run_stage(stage: str, root: Path, params: Path | None, no_prefect: bool) ->
 
     with _user_errors():
         _check_params_early(root, params)
-        if no_prefect:
-            from graft import flows
+        if no_prefect:  # no Prefect import either (~3 s; every torchrun rank runs this)
+            from graft.stages import run_stage
 
-            return flows.run_stage(stage, root, params)
+            return run_stage(stage, root, params)
         with shared_server() as url:
             from graft import flows  # imports prefect: after PREFECT_API_URL is settled
 

@@ -27,22 +27,11 @@ from prefect import Flow, flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
 from graft.core.config import load_params  # noqa: E402
-from graft.core.files import clean_temp  # noqa: E402
 from graft.core.layout import STAGES, Layout  # noqa: E402
 from graft.lifecycle import registry  # noqa: E402
 from graft.lifecycle import retrain as steps  # noqa: E402
 from graft.lifecycle.report import commit_message, table_rows  # noqa: E402
-from graft.stages import check_params, runner  # noqa: E402
-
-
-def run_stage(stage: str, root: str | Path = ".", params_path: str | Path | None = None) -> dict:
-    """Run one stage in-process, without Prefect: load and check params, call its run()."""
-    layout = Layout(Path(root))
-    path = params_path or layout.params
-    params = load_params(path)
-    check_params(params, str(path))
-    clean_temp(*layout.scratch_folders)  # what a killed run left beside the outputs
-    return runner(stage)(params, layout)
+from graft.stages import run_stage  # noqa: E402
 
 
 def _stage_flow(stage: str) -> Flow:

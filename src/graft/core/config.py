@@ -89,6 +89,10 @@ class FeaturesParams:
     # the candidates of backbone: auto (and the default of `graft rank`)
     auto_backbones: list[str] = param(
         ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], nonempty=True)
+    # a Dask scheduler, tcp://HOST:PORT: the images the store lacks are embedded on its workers in
+    # shards of shard_size images, each a Prefect task (graft.embeddings.cluster); null = here
+    cluster: str | None = None
+    shard_size: int = param(256, ge=1, le=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,9 @@ class FinetuneParams:
     l2sp: float = param(0.0, ge=0)  # λ in λ‖θ − θ_pretrained‖² over the trainable backbone
     patience: int = param(5, ge=1, le=100_000)  # epochs without val improvement before stopping
     amp: bool = True  # autocast on CUDA only
+    # finetune / lp_ft: processes on this machine (torchrun, DistributedDataParallel; one GPU
+    # each when there are GPUs); batch_size stays the global batch, split over them
+    nproc_per_node: int = param(1, ge=1, le=1024)
     # finetune / lp_ft: lr of a backbone layer = backbone_lr · llrd^d, d its depth below the top
     # (conv_head 0, blocks[6] 1, …, blocks[0] 7, stem 8); 1.0 = one backbone lr
     llrd: float = param(1.0, gt=0, le=1)

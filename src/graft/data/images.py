@@ -30,6 +30,9 @@ class ImageError(ValueError):
         self.path = str(path)
         self.problem = problem
 
+    def __reduce__(self) -> tuple:  # picklable: it crosses processes (Dask workers, torchrun)
+        return type(self), (self.path, self.problem)
+
 
 def probe(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, str]:
     """(width, height, mode) from the header alone: cheap, and safe against decompression bombs."""

@@ -4,7 +4,7 @@ rejects a typo before anything heavy loads."""
 
 from __future__ import annotations
 
-from graft.core.config import FeaturesParams
+from graft.core.config import ConfigError, FeaturesParams
 from graft.models.catalogue import check_backbone
 
 AUTO = "auto"  # features.backbone: choose among auto_backbones by LogME on the training rows
@@ -16,3 +16,6 @@ def check_params(p: FeaturesParams, source: str = "params") -> None:
     check_backbone(p.backbone, "features.backbone", source, also=(AUTO,))
     for name in p.auto_backbones:
         check_backbone(name, "features.auto_backbones", source)
+    if p.cluster is not None and not p.cluster.startswith(("tcp://", "tls://")):
+        raise ConfigError(f"{source}: features.cluster = {p.cluster!r} must be a Dask scheduler "
+                          "address, tcp://HOST:PORT (or tls://), or null to embed in-process")

@@ -2,11 +2,13 @@
 
 `embed_missing` is the one place images go through a backbone to fill the store
 (graft.embeddings.store); the features stage, `graft rank` and the few-shot benchmark call it.
-The backbone runs through onnxruntime on the CPU and torch on CUDA (graft.embeddings.runtime).
+The backbone runs through onnxruntime on the CPU and torch on CUDA (graft.embeddings.runtime),
+or, with `features.cluster`, on a Dask cluster's workers (graft.embeddings.cluster).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ from graft.embeddings.store import (
 )
 from graft.embeddings.views import view_keys
 from graft.models.backbones import get_spec, weights_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,18 +78,38 @@ def embed_missing(layout: Layout, params: Params, df: pd.DataFrame) -> EmbedRun:
         return EmbedRun(store, todo)
     t0 = time.perf_counter()
     paths = absolute_paths(todo, layout.manifest)
-    embedder = load_embedder(path, lambda: _network(params, layout), pre, wanted,
-                             lambda: parity_sample(_sample_first(todo, paths), pre,
-                                                   params.validate.max_pixels))
-    label = f"features: {cfg.backbone} at {cfg.image_size} px ({embedder.runtime})"
-    store.update(zip(todo["sha256"], embed_files(embedder, paths, pre, cfg.batch_size,
-                                                 params.validate.max_pixels, label),
-                     strict=True))
-    if len(views_todo):
-        store.update(_embed_views(embedder, views_todo, layout, pre, params))
+    here = todo
+    if len(todo) and cfg.cluster is not None:  # the cluster's workers build their own network
+        store.update(zip(todo["sha256"], _on_cluster(paths, params, layout), strict=True))
+        here, paths = todo.iloc[:0], []
+    runtime, device, record = f"Dask ({cfg.cluster})", "cluster", {}
+    if len(here) or len(views_todo):
+        embedder = load_embedder(path, lambda: _network(params, layout), pre, wanted,
+                                 lambda: parity_sample(_sample_first(here, paths), pre,
+                                                       params.validate.max_pixels))
+        runtime, device, record = embedder.runtime, embedder.device, embedder.record
+        label = f"features: {cfg.backbone} at {cfg.image_size} px ({embedder.runtime})"
+        store.update(zip(here["sha256"], embed_files(embedder, paths, pre, cfg.batch_size,
+                                                     params.validate.max_pixels, label),
+                         strict=True))
+        if len(views_todo):  # labelled rows only: few, so always here
+            store.update(_embed_views(embedder, views_todo, layout, pre, params))
     seconds = time.perf_counter() - t0
     write_store(path, store)
-    return EmbedRun(store, todo, embedder.runtime, embedder.device, seconds, embedder.record)
+    return EmbedRun(store, todo, runtime, device, seconds, record)
+
+
+def _on_cluster(paths: list[Path], params: Params, layout: Layout) -> np.ndarray:
+    """Embeddings of `paths` in order, computed on the Dask cluster `features.cluster` names."""
+    from graft.embeddings.cluster import Network, embed_on_cluster  # imports Prefect
+
+    cfg = params.features
+    net = Network(cfg.backbone, str(weights_dir(params, layout).resolve()), cfg.image_size,
+                  cfg.batch_size, params.validate.max_pixels)
+    vectors, workers = embed_on_cluster(cfg.cluster, paths, net, cfg.shard_size)
+    log.info("features: %d images embedded in shards of %d on %d Dask worker(s) of %s",
+             len(paths), cfg.shard_size, len(workers), cfg.cluster)
+    return vectors
 
 
 def embed_files(embedder: Embedder, paths: Sequence[Path], pre: Preprocessing, batch_size: int,

@@ -33,6 +33,7 @@ class FeaturesError(ValueError):
     """Cached features that do not cover the manifest, or a backbone choice not made yet."""
 
 
+
 def with_backbone(params: Params, backbone: str) -> Params:
     """`params` with features.backbone set to `backbone`."""
     return dataclasses.replace(params, features=dataclasses.replace(params.features,

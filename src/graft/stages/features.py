@@ -50,8 +50,9 @@ def run(params: Params, layout: Layout) -> dict:
         "n_images": int(len(df)),
         "n_computed": int(n_computed),
         "n_cached": int(len(df) * len(names) - n_computed),
-        "runtime": chosen.runtime,  # onnxruntime | torch | cached
+        "runtime": chosen.runtime,  # onnxruntime | torch | Dask (<scheduler>) | cached
         "device": chosen.device,
+        "cluster": cfg.cluster,  # the Dask scheduler the images were embedded on; null: here
         "images_per_s": round(n_computed / compute_s, 1) if compute_s else None,
         "seconds": round(time.perf_counter() - started, 2),
         "store": str(path.relative_to(layout.root)),

@@ -3,7 +3,8 @@
 Fits `finetune.strategy` (a graft.strategies name: linear_probe, svm, prototype on the cached
 embeddings; finetune, lp_ft train the network; ensemble; auto) on the manifest's train (+ val)
 rows. Outputs: models/model.pt, metrics/finetune.json and plots/finetune.csv (per epoch, or per
-setting tried), each written atomically: a crash leaves the previous ones.
+setting tried), each written atomically: a crash leaves the previous ones. Under torchrun
+(`finetune.nproc_per_node`) every rank runs this, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import time
 
 from graft.core.config import ConfigError, Params
+from graft.core.distributed import is_main
 from graft.core.files import write_csv, write_json
 from graft.core.layout import Layout
 from graft.embeddings.store import check_params as check_features
@@ -56,6 +58,8 @@ def run(params: Params, layout: Layout) -> dict:
         "seconds": round(time.perf_counter() - started, 2),
         "device": inputs.device.type,
     }
+    if not is_main():  # another torchrun rank: rank 0 writes the outputs
+        return metrics
     # the ensemble's name in reports; its members are in `network`
     backbone = ("ensemble:" + "+".join(p.ensemble_backbones) if fit.network
                 else inputs.backbone)
