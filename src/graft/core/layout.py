@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-STAGES = ("ingest", "validate", "features", "finetune", "evaluate", "export")
+STAGES = ("ingest", "validate", "features", "audit", "finetune", "evaluate", "export")
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,24 @@ class Layout:
         return self.root / "reports"
 
     def report(self, name: str) -> Path:
-        """reports/<name>: ingest.json, validate.json, quarantine.csv, evaluate.md, retrain.md …"""
+        """reports/<name>: ingest.json, validate.json, quarantine.csv, audit.md, evaluate.md,
+        retrain.md …"""
         return self.reports / name
+
+    @property
+    def label_issues(self) -> Path:
+        """The audit stage's suspected label errors, most suspicious first."""
+        return self.reports / "label_issues.csv"
+
+    @property
+    def near_duplicates(self) -> Path:
+        """The audit stage's near-copies across splits (evaluate reads it)."""
+        return self.reports / "near_duplicates.csv"
+
+    @property
+    def suggestions(self) -> Path:
+        """`graft suggest`'s ranked unlabelled images (not a DVC output)."""
+        return self.reports / "suggest.csv"
 
     def retrain_log(self, tool: str) -> Path:
         """reports/retrain-<tool>.log: what the `dvc` or `git` commands of a retrain run said."""

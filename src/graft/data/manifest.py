@@ -9,8 +9,14 @@ import pandas as pd
 
 from graft.core.files import atomic_output
 
-COLUMNS = ("path", "label", "split", "sha256", "width", "height", "mode")
-SPLITS = ("train", "val", "test")
+COLUMNS = ("path", "label", "split", "sha256", "width", "height", "mode", "origin")
+# `origin`: where ingest found the image (the user's file path, or dataset file[index]), so
+# that reports name a file the user can find; manifests written before it (or by hand) lack it
+OPTIONAL = {"origin": ""}
+SPLITS = ("train", "val", "test")  # the labelled splits
+# images without a label (ingest.unlabeled_path): embedded, audited and suggested for labelling,
+# never trained on, validated against or scored
+UNLABELED = "unlabeled"
 
 
 class ManifestError(ValueError):
@@ -23,16 +29,33 @@ def read_manifest(path: Path | str) -> pd.DataFrame:
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found; run the ingest stage first")
     df = pd.read_csv(path, dtype={"path": str, "label": str, "split": str, "sha256": str,
-                                  "mode": str}, keep_default_na=False)
-    missing = [c for c in COLUMNS if c not in df.columns]
+                                  "mode": str, "origin": str}, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in df.columns and c not in OPTIONAL]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
+    return _with_optional(df)
 
 
 def write_manifest(path: Path | str, df: pd.DataFrame) -> None:
     with atomic_output(path) as tmp:
-        df.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
+        _with_optional(df).loc[:, list(COLUMNS)].to_csv(tmp, index=False)
+
+
+def _with_optional(df: pd.DataFrame) -> pd.DataFrame:
+    missing = {c: v for c, v in OPTIONAL.items() if c not in df.columns}
+    return df.assign(**missing) if missing else df
+
+
+def labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a label (train, val, test): every row but the unlabelled ones."""
+    return df.loc[df["split"] != UNLABELED]
+
+
+def origins(df: pd.DataFrame, manifest_path: Path | str) -> list[str]:
+    """Where each row's image came from (`origin`), or its copy under data/prepared when the
+    manifest does not say: the path a report shows the user."""
+    copies = absolute_paths(df, manifest_path)
+    return [o or str(c) for o, c in zip(df["origin"], copies, strict=True)]
 
 
 def class_names(df: pd.DataFrame) -> list[str]:

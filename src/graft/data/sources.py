@@ -19,7 +19,7 @@ import numpy as np
 
 from graft.core.files import sha256_file
 from graft.data.images import IMAGE_SUFFIXES
-from graft.data.manifest import SPLITS
+from graft.data.manifest import SPLITS, UNLABELED
 
 # Official Fashion-MNIST class names in label order; "/" would be a path separator, hence "_".
 FASHION_MNIST_CLASSES = (
@@ -125,6 +125,37 @@ def _hash(path: Path) -> str:
         return sha256_file(path)
     except OSError as exc:
         raise IngestError(f"{path}: cannot read file ({exc.strerror})") from None
+
+
+def from_unlabeled(root: Path) -> Found:
+    """Every image under `root`, nested folders allowed, as a candidate without a label (split
+    `unlabeled`, `name` its path under root); hidden entries, non-images and symlinked folders
+    are noted, a symlink that leads outside `root` is refused, as in a class folder."""
+    if not root.is_dir():
+        raise IngestError(f"{root}: folder of unlabelled images not found (ingest.unlabeled_path)")
+    real_root = root.resolve()
+    found = Found([], [])
+    for dirpath, dirs, files in os.walk(root):
+        folder = Path(dirpath)
+        for name in sorted(dirs):  # os.walk does not follow symlinked folders: say so
+            if name.startswith(".") or (folder / name).is_symlink():
+                _inside(folder / name, real_root)
+                reason = ("hidden entry" if name.startswith(".")
+                          else "symlinked folder, not followed")
+                found.ignored.append({"path": str(folder / name), "reason": reason})
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            entry = folder / name
+            if name.startswith("."):
+                found.ignored.append({"path": str(entry), "reason": "hidden entry"})
+            elif entry.suffix.lower() not in IMAGE_SUFFIXES:
+                found.ignored.append({"path": str(entry), "reason": "not an image file suffix"})
+            else:
+                _inside(entry, real_root)
+                found.candidates.append(Candidate(
+                    "", _hash(entry), str(entry), entry.relative_to(root).as_posix(),
+                    UNLABELED, entry))
+    return found
 
 
 def from_csv(csv_path: Path) -> Found:

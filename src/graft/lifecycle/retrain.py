@@ -31,6 +31,8 @@ from graft.core.config import load_params, params_from_dict
 from graft.core.files import sha256_file, write_json, write_text
 from graft.core.layout import Layout
 from graft.data.manifest import read_manifest
+from graft.embeddings.store import FeaturesError
+from graft.labels.suggest import SuggestError, suggest_for_project
 from graft.lifecycle import gate, registry
 from graft.lifecycle.report import markdown
 from graft.models.checkpoint import deployed_checkpoint
@@ -163,6 +165,17 @@ def pipeline_metrics(layout: Layout) -> dict[str, Any] | None:
     metrics = json.loads(path.read_text(encoding="utf-8"))
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v,
                                                                                                bool)}
+
+
+def next_to_label(layout: Layout) -> dict[str, Any]:
+    """The report's images to label next (`graft suggest`, suggest.n of them, also written to
+    reports/suggest.csv), or a note saying why there are none."""
+    try:
+        method, table = suggest_for_project(load_params(layout.params), layout)
+    except (SuggestError, FeaturesError) as exc:
+        return {"note": str(exc)}
+    return {"method": method, "file": str(layout.suggestions),
+            "rows": table.to_dict(orient="records")}
 
 
 def write_report(layout: Layout, result: dict[str, Any]) -> str:

@@ -42,8 +42,8 @@ def test_folder_source_splits_copies_bytes_and_reports(tmp_path):
     metrics = ingest.run(p, layout)
 
     assert metrics == {"source": "folder", "n_images": 21, "n_classes": 3, "n_train": 9,
-                       "n_val": 6, "n_test": 6, "n_ignored": 0, "n_duplicates": 0,
-                       "n_conflicts": 0}
+                       "n_val": 6, "n_test": 6, "n_unlabeled": 0, "n_ignored": 0,
+                       "n_duplicates": 0, "n_conflicts": 0}
     assert json.loads(layout.metrics("ingest").read_text()) == metrics
     df = read_manifest(layout.manifest)
     per = df.groupby(["split", "label"]).size()
