@@ -260,5 +260,22 @@ def fewshot(
     typer.echo(f"{metrics['runs']} runs in {metrics['wall_seconds']} s")
 
 
+@app.command()
+def labelbench(
+    params: Annotated[Path, typer.Option("--params", help="The benchmark's params file.")] = Path(
+        "params.yaml"),
+) -> None:
+    """The labeling benchmark (graft.labels.benchmark): suggested vs random labels, planted
+    wrong labels and near-copies; writes results.csv, results.md and metrics.json beside the
+    params file."""
+    from graft.labels.benchmark import load_labelbench_params
+    from graft.labels.benchmark import run as run_labelbench
+
+    with _user_errors():
+        metrics = run_labelbench(load_labelbench_params(params), params.resolve().parent)
+    typer.echo((params.resolve().parent / "results.md").read_text())
+    typer.echo(f"{metrics['seeds']} seed(s) in {metrics['wall_seconds']} s")
+
+
 if __name__ == "__main__":  # python -m graft.cli
     sys.exit(app())
