@@ -169,9 +169,13 @@ def pipeline_metrics(layout: Layout) -> dict[str, Any] | None:
 
 def next_to_label(layout: Layout) -> dict[str, Any]:
     """The report's images to label next (`graft suggest`, suggest.n of them, also written to
-    reports/suggest.csv), or a note saying why there are none."""
+    reports/suggest.csv), or a note saying why there are none; nothing without
+    ingest.unlabeled_path."""
+    params = load_params(layout.params)
+    if params.ingest.unlabeled_path is None:
+        return {}
     try:
-        method, table = suggest_for_project(load_params(layout.params), layout)
+        method, table = suggest_for_project(params, layout)
     except (SuggestError, FeaturesError) as exc:
         return {"note": str(exc)}
     return {"method": method, "file": str(layout.suggestions),

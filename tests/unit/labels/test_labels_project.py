@@ -171,3 +171,20 @@ def test_graft_suggest_prints_the_top_and_writes_the_csv(project: Layout):
     assert len(pd.read_csv(project.suggestions)) == 2
     bad = CliRunner().invoke(app, ["suggest", "--root", str(project.root), "--n", "0"])
     assert bad.exit_code == 1 and "--n: must be at least 1" in bad.output
+
+
+def test_the_retrain_report_lists_the_next_images_to_label(project: Layout):
+    import yaml
+
+    from graft.lifecycle.report import next_to_label_lines
+    from graft.lifecycle.retrain import next_to_label
+
+    params = project.root / "params.yaml"
+    params.write_text(yaml.safe_dump(labels_params().to_dict()))
+    assert next_to_label(project) == {}  # no ingest.unlabeled_path: no section
+    params.write_text(yaml.safe_dump(labels_params(ingest={"unlabeled_path": "pool"}).to_dict()))
+    found = next_to_label(project)
+    assert len(found["rows"]) == 4 and found["file"] == str(project.suggestions)
+    lines = next_to_label_lines(found)
+    assert "## Next images to label" in lines and sum(ln.startswith("| 1 |") for ln in lines) == 1
+    assert next_to_label_lines({"note": "no images"})[-1] == "None: no images"
