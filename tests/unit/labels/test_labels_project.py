@@ -188,3 +188,12 @@ def test_the_retrain_report_lists_the_next_images_to_label(project: Layout):
     lines = next_to_label_lines(found)
     assert "## Next images to label" in lines and sum(ln.startswith("| 1 |") for ln in lines) == 1
     assert next_to_label_lines({"note": "no images"})[-1] == "None: no images"
+
+
+def test_unlabelled_rows_never_reach_training(project: Layout):
+    from graft.strategies.base import load_inputs
+
+    inputs = load_inputs(labels_params(), project)
+    assert set(inputs.rows["split"]) == {"train"} and len(inputs.rows) == 3 * 6
+    assert inputs.data.feats.shape[0] == 3 * 6 and inputs.classes == ["circle", "square",
+                                                                       "stripes"]
