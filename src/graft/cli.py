@@ -101,6 +101,10 @@ def _stage_command(stage: str) -> None:
         metrics = _run_stage(stage, root, params, no_prefect)
         if stage == "evaluate":
             _print_evaluation(metrics)
+        elif stage == "audit":
+            from graft.labels.report import console_lines
+
+            _print_lines(console_lines(metrics))
         else:
             typer.echo(json.dumps(metrics, indent=2, default=str))
 
@@ -114,7 +118,7 @@ for _stage in STAGES:
 
 @app.command()
 def run(root: Root = Path("."), params: ParamsFile = None) -> None:
-    """Run all six stages in order as one Prefect flow (`dvc repro` runs them one by one)."""
+    """Run all seven stages in order as one Prefect flow (`dvc repro` runs them one by one)."""
     with _user_errors():
         _check_params_early(root, params)
         from graft import flows
@@ -179,8 +183,38 @@ def predict(
 def _print_evaluation(metrics: dict) -> None:
     from graft.evaluation.report import summary_lines
 
-    for line in summary_lines(metrics):
+    _print_lines(summary_lines(metrics))
+
+
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
         typer.echo(line, err=line.startswith("WARNING"))
+
+
+@app.command()
+def suggest(
+    root: Root = Path("."),
+    params: ParamsFile = None,
+    n: Annotated[int | None, typer.Option("--n", help="Images to suggest; default suggest.n.")]
+    = None,
+) -> None:
+    """The unlabelled images (ingest.unlabeled_path) to label next, best first, with the reason
+    for each: writes reports/suggest.csv and prints the top of it."""
+    from graft.core.config import load_params
+    from graft.embeddings.store import check_params as check_features
+    from graft.labels.report import suggestion_lines
+    from graft.labels.suggest import suggest_for_project
+
+    layout = Layout(root)
+    path = params or layout.params
+    with _user_errors():
+        if n is not None and n < 1:
+            raise ValueError(f"--n: must be at least 1, got {n}")
+        loaded = load_params(path)
+        check_features(loaded.features, str(path))
+        method, table = suggest_for_project(loaded, layout, n)
+    for line in suggestion_lines(method, table, str(layout.suggestions)):
+        typer.echo(line)
 
 
 @app.command()
@@ -323,6 +357,23 @@ def fewshot(
         metrics = run_fewshot(load_fewshot_params(params), params.resolve().parent)
     typer.echo((params.resolve().parent / "results.md").read_text())
     typer.echo(f"{metrics['runs']} runs in {metrics['wall_seconds']} s")
+
+
+@app.command()
+def labelbench(
+    params: Annotated[Path, typer.Option("--params", help="The benchmark's params file.")] = Path(
+        "params.yaml"),
+) -> None:
+    """The labeling benchmark (graft.labels.benchmark): suggested vs random labels, planted
+    wrong labels and near-copies; writes results.csv, results.md and metrics.json beside the
+    params file."""
+    from graft.labels.benchmark import load_labelbench_params
+    from graft.labels.benchmark import run as run_labelbench
+
+    with _user_errors():
+        metrics = run_labelbench(load_labelbench_params(params), params.resolve().parent)
+    typer.echo((params.resolve().parent / "results.md").read_text())
+    typer.echo(f"{metrics['seeds']} seed(s) in {metrics['wall_seconds']} s")
 
 
 if __name__ == "__main__":  # python -m graft.cli

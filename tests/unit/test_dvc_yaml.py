@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 
 from graft.core.layout import STAGES, Layout
@@ -108,11 +109,14 @@ def test_dvc_shows_the_headline_metrics_and_tracks_every_stages_own():
         assert str(layout.metrics(stage)) in paths(spec["outs"]), stage
 
 
-def test_benchmark_dvc_stage_lists_the_modules_it_imports() -> None:
-    folder = REPO / "pipelines" / "fewshot-benchmark"
-    stage = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]["fewshot"]
-    deps = {str((folder / d).resolve().relative_to(REPO)) for d in stage["deps"]}
-    module = "graft.evaluation.fewshot"
+@pytest.mark.parametrize(("folder", "stage", "module"), [
+    ("fewshot-benchmark", "fewshot", "graft.evaluation.fewshot"),
+    ("labeling-benchmark", "labelbench", "graft.labels.benchmark"),
+])
+def test_benchmark_dvc_stage_lists_the_modules_it_imports(folder, stage, module) -> None:
+    path = REPO / "pipelines" / folder
+    spec = yaml.safe_load((path / "dvc.yaml").read_text())["stages"][stage]
+    deps = {str((path / d).resolve().relative_to(REPO)) for d in spec["deps"]}
     needed = _src_paths(graft_imports(module) | {module})
     assert needed <= deps, sorted(needed - deps)
-    assert stage["cmd"] == "graft fewshot --params params.yaml"
+    assert spec["cmd"] == f"graft {stage} --params params.yaml"

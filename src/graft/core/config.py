@@ -61,6 +61,9 @@ class IngestParams:
     test_size: int | None = param(2000, ge=1)  # cap on test images (stratified); None = all
     test_fraction: float = param(0.2, ge=0, lt=1)  # held out per class without a test split
     seed: int = param(0, ge=0, le=MAX_SEED)
+    # a folder of images without labels (nested folders allowed): manifest rows of split
+    # `unlabeled`, embedded by the features stage for `graft suggest`; never trained or scored
+    unlabeled_path: str | None = param(None, nonempty=True)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,28 @@ class FeaturesParams:
     # shards of shard_size images, each a Prefect task (graft.embeddings.cluster); null = here
     cluster: str | None = None
     shard_size: int = param(256, ge=1, le=1_000_000)
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    """The audit stage (graft.labels): suspected label errors and near-duplicates across splits."""
+
+    # a labelled image is suspect when the cosine to its own class's mean (itself left out)
+    # minus the best other class's is below this; 0 = closer to another class than its own
+    label_margin: float = param(0.0, ge=-2, le=2)
+    on_label_issues: Literal["warn", "fail"] = "warn"  # fail: stop before finetune
+    on_near_duplicates: Literal["warn", "fail"] = "warn"
+    thumbnail_size: int = param(16, ge=4, le=64)  # pixels: the grayscale thumbnail compared
+    # a near-copy's thumbnail correlation must reach 1 − slack·(1 − q05), q05 the 5th percentile
+    # of re-encoded copies of `calibration_images` training images with their originals
+    slack: float = param(3.0, gt=0, le=100)
+    calibration_images: int = param(100, ge=10)
+    # the thumbnail match must also be among the image's `neighbours` nearest by embedding
+    neighbours: int = param(5, ge=1)
+    # shorter side (pixels) below which only exact copies are looked for: at 8 px (digits)
+    # a resized, re-encoded copy is no more alike than other images (docs/labels.md)
+    min_side: int = param(16, ge=1)
+    seed: int = param(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -186,6 +211,20 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class SuggestParams:
+    """`graft suggest` and the retrain report's list of images to label (graft.labels.suggest);
+    no DVC stage reads this section."""
+
+    n: int = param(10, ge=1)  # images suggested (`graft suggest --n` overrides)
+    # auto: kmeans until every class has `cold_start` labels, then margin
+    method: Literal["auto", "kmeans", "margin", "random"] = "auto"
+    cold_start: int = param(3, ge=1)  # labels per class before the model's doubt is trusted
+    max_clusters: int = param(500, ge=2)  # k-means clusters at most (TypiClust's cap)
+    min_cluster: int = param(5, ge=1)  # smaller clusters are outliers, picked only when no other
+    seed: int = param(0, ge=0)
+
+
+@dataclass(frozen=True)
 class RetrainParams:
     """The scheduled retrain loop (graft.lifecycle.retrain); no DVC stage reads this section."""
 
@@ -202,9 +241,11 @@ class Params:
     ingest: IngestParams = field(default_factory=IngestParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
+    audit: AuditParams = field(default_factory=AuditParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     export: ExportParams = field(default_factory=ExportParams)
+    suggest: SuggestParams = field(default_factory=SuggestParams)
     retrain: RetrainParams = field(default_factory=RetrainParams)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HEADLINES = ("scores", "onnx")  # written by evaluate and export
-STAGES = ("ingest", "validate", "features", "finetune", "evaluate", "export")
+STAGES = ("ingest", "validate", "features", "audit", "finetune", "evaluate", "export")
 # the export's ONNX set by precision: the same names in models/ and in a registry version
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
@@ -101,8 +101,24 @@ class Layout:
         return self.root / "reports"
 
     def report(self, name: str) -> Path:
-        """reports/<name>: ingest.json, validate.json, quarantine.csv, evaluate.md, retrain.md …"""
+        """reports/<name>: ingest.json, validate.json, quarantine.csv, audit.md, evaluate.md,
+        retrain.md …"""
         return self.reports / name
+
+    @property
+    def label_issues(self) -> Path:
+        """The audit stage's suspected label errors, most suspicious first."""
+        return self.reports / "label_issues.csv"
+
+    @property
+    def near_duplicates(self) -> Path:
+        """The audit stage's near-copies across splits (evaluate reads it)."""
+        return self.reports / "near_duplicates.csv"
+
+    @property
+    def suggestions(self) -> Path:
+        """`graft suggest`'s ranked unlabelled images (not a DVC output)."""
+        return self.reports / "suggest.csv"
 
     def retrain_log(self, tool: str) -> Path:
         """reports/retrain-<tool>.log: what the `dvc` or `git` commands of a retrain run said."""

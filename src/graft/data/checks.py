@@ -20,7 +20,7 @@ import pandas as pd
 from graft.core.config import ValidateParams
 from graft.core.layout import Layout
 from graft.data.images import ImageError, read_image
-from graft.data.manifest import SPLITS, class_names
+from graft.data.manifest import SPLITS, UNLABELED, class_names
 
 SHOW_FILES = 10  # offending files named in the error message; the reports list all of them
 
@@ -95,15 +95,21 @@ def _expectations(classes: list[str], v: ValidateParams) -> tuple[list, list]:
     import great_expectations as gx  # imported here: ~2 s, and only this stage needs it
 
     e = gx.expectations
+    is_labelled = {"row_condition": f'split!="{UNLABELED}"', "condition_parser": "pandas"}
     per_file = [
-        e.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS),
+        e.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, UNLABELED],
                                       meta={"rule": "split_valid"}),
         e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True],
                                       meta={"rule": "decodes"}),
         e.ExpectColumnValuesToBeBetween(column="min_side", min_value=v.min_side,
                                         meta={"rule": "min_side"}),
-        e.ExpectColumnValuesToBeInSet(column="label", value_set=classes,
+        e.ExpectColumnValuesToBeInSet(column="label", value_set=classes, **is_labelled,
                                       meta={"rule": "label_in_train_classes"}),
+        # an unlabelled row with a label would be trained on by nobody and suggested anyway
+        e.ExpectColumnValuesToBeInSet(column="label", value_set=[""],
+                                      row_condition=f'split=="{UNLABELED}"',
+                                      condition_parser="pandas",
+                                      meta={"rule": "unlabeled_without_label"}),
         e.ExpectColumnValuesToBeInSet(column="dup_across_splits", value_set=[False],
                                       meta={"rule": "no_content_in_two_splits"}),
     ]
@@ -185,7 +191,9 @@ def quarantine_rows(files: pd.DataFrame, checks: list[Check], v: ValidateParams,
                 "label_in_train_classes": f"label {row['label']!r} ({row['split']}) is not a "
                                           "training class",
                 "no_content_in_two_splits": f"sha256 {row['sha256'][:12]}… also in another split",
-                "split_valid": f"split {row['split']!r} is not one of {', '.join(SPLITS)}",
+                "split_valid": f"split {row['split']!r} is not one of "
+                               f"{', '.join([*SPLITS, UNLABELED])}",
+                "unlabeled_without_label": f"label {row['label']!r} on an unlabelled image",
             }.get(check.rule, check.rule)
             rows.append([path, check.rule, problem, origins.get(path, "")])
     return rows

@@ -2,13 +2,16 @@
 
 `prepare` takes every candidate a source offers (graft.data.sources), drops repeated content (the
 same bytes must never sit in two splits, or test accuracy measures memory), draws the test / val /
-train splits reproducibly from `ingest.seed`, and copies only the chosen images, byte for byte,
-into a fresh data/prepared that replaces the previous one in a final rename. Images are not judged
+train splits reproducibly from `ingest.seed`, adds the images of `ingest.unlabeled_path` (split
+`unlabeled`, no label; a copy of a labelled image is left out), and copies only the chosen
+images, byte for byte, into a fresh data/prepared that replaces the previous one in a final
+rename. Images are not judged
 here: a file that does not decode is still listed (mode "unreadable") so validate can report it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -26,8 +29,8 @@ from graft.core.config import IngestParams
 from graft.core.files import output_error, sha256_file, shown, temp_dir, write_csv
 from graft.core.layout import Layout
 from graft.data.images import ImageError, probe, read_image
-from graft.data.manifest import COLUMNS, SPLITS, write_manifest
-from graft.data.sources import Candidate, Found, IngestError, find
+from graft.data.manifest import COLUMNS, SPLITS, UNLABELED, write_manifest
+from graft.data.sources import Candidate, Found, IngestError, find, from_unlabeled
 
 MAX_STEM_BYTES = 120  # keeps output names well under the 255-byte file-name limit
 
@@ -40,16 +43,20 @@ class Prepared:
     found: Found
     duplicates: list[dict]  # same content, same label: all but the first dropped
     conflicts: list[dict]  # same content under two labels: none kept
+    unlabeled_copies: list[dict] = dataclasses.field(default_factory=list)  # of labelled images
 
 
 def prepare(p: IngestParams, layout: Layout) -> Prepared:
-    """Find the candidates of `p.source`, de-duplicate, split, and write data/prepared.
+    """Find the candidates of `p.source` (and `p.unlabeled_path`), de-duplicate, split, and
+    write data/prepared.
 
     Nothing is copied while any entry is refused: every refused entry is named in one
     IngestError (with the files that would not decode, which validate would name next)."""
     source = layout.root / p.path  # relative to the project root, as in dvc.yaml
     root = layout.root / p.root if p.root is not None else None
-    for path, key in ((source, "ingest.path"), (root, "ingest.root")):
+    unlabeled = layout.root / p.unlabeled_path if p.unlabeled_path is not None else None
+    for path, key in ((source, "ingest.path"), (root, "ingest.root"),
+                      (unlabeled, "ingest.unlabeled_path")):
         inside = layout.output_containing(path) if path is not None else None
         if inside is not None:  # ingest would read what it is about to replace
             raise IngestError(f"{path}: {key} lies inside {inside}, which Graft writes; "
@@ -65,7 +72,40 @@ def prepare(p: IngestParams, layout: Layout) -> Prepared:
     splits = assign_splits(kept, p)
     chosen = [(c, s) for c, s in zip(kept, splits, strict=True) if s is not None]
     chosen.sort(key=lambda cs: (SPLITS.index(cs[1]), cs[0].label))  # stable: source order within
-    return Prepared(write_prepared(layout, chosen), found, duplicates, conflicts)
+    copies: list[dict] = []
+    if p.unlabeled_path is not None:
+        unlabeled, copies = find_unlabeled(p, layout, found)
+        chosen += [(c, UNLABELED) for c in unlabeled]
+    return Prepared(write_prepared(layout, chosen), found, duplicates, conflicts, copies)
+
+
+def find_unlabeled(p: IngestParams, layout: Layout, labelled: Found
+                   ) -> tuple[list[Candidate], list[dict]]:
+    """The unlabelled candidates to keep, and a report entry for each copy of a labelled image
+    (any the source offers, in a split or not) left out. A repeat within the folder keeps the
+    first; it and the folder's skipped files are added to `labelled.ignored`."""
+    root, data = layout.root / p.unlabeled_path, layout.root / p.path
+    if p.source == "folder" and (root.resolve().is_relative_to(data.resolve())
+                                 or data.resolve().is_relative_to(root.resolve())):
+        raise IngestError(f"{root}: ingest.unlabeled_path overlaps the labelled folder {data}; "
+                          "its images would be read twice: keep the two folders apart")
+    found = from_unlabeled(root)
+    if found.refused:
+        raise IngestError(refusal_message(root, found))
+    labels = {c.key: c for c in labelled.candidates}
+    kept: dict[str, Candidate] = {}
+    copies = []
+    for cand in found.candidates:
+        if cand.key in labels:
+            copies.append({"content": cand.key, "dropped": cand.origin,
+                           "labelled": labels[cand.key].origin})
+        elif cand.key in kept:
+            found.ignored.append({"path": cand.origin,
+                                  "reason": f"same content as {kept[cand.key].origin}"})
+        else:
+            kept[cand.key] = cand
+    labelled.ignored += found.ignored
+    return list(kept.values()), copies
 
 
 def refusal_message(source: Path, found: Found) -> str:
@@ -226,22 +266,28 @@ def _write_one(root: Path, cand: Candidate, split: str, used: set[str]) -> list:
         width, height, mode = probe(dst)
     except ImageError:
         width, height, mode = "", "", "unreadable"  # validate reports it with the reason
-    return [rel, cand.label, split, sha, width, height, mode]
+    origin = str(cand.file) if cand.file is not None else cand.origin
+    return [rel, cand.label, split, sha, width, height, mode, origin]
 
 
 def _unique_name(cand: Candidate, used: set[str]) -> str:
-    """images/<label>/<name>, with a content-hash suffix when two files share a name."""
-    folder = cand.label.replace("/", "_").replace("\\", "_").replace("\0", "_")
-    if folder in ("", ".", ".."):
-        folder = f"_{folder}"
-    if len(folder.encode()) > MAX_STEM_BYTES:  # a label may be longer than a file name can be
-        digest = hashlib.sha256(cand.label.encode()).hexdigest()[:12]
-        folder = f"{folder.encode()[:MAX_STEM_BYTES].decode(errors='ignore')}_{digest}"
-    name = Path(cand.name)
+    """images/<label>/<name>, with a content-hash suffix when two files share a name; an
+    unlabelled image keeps its folders under unlabeled/."""
+    if cand.split == UNLABELED:
+        name = Path(cand.name)
+        folder = (Path(UNLABELED) / name.parent).as_posix()
+    else:
+        folder = cand.label.replace("/", "_").replace("\\", "_").replace("\0", "_")
+        if folder in ("", ".", ".."):
+            folder = f"_{folder}"
+        if len(folder.encode()) > MAX_STEM_BYTES:  # a label may be longer than a name can be
+            digest = hashlib.sha256(cand.label.encode()).hexdigest()[:12]
+            folder = f"{folder.encode()[:MAX_STEM_BYTES].decode(errors='ignore')}_{digest}"
+        folder, name = f"images/{folder}", Path(cand.name)
     stem = name.stem.encode()[:MAX_STEM_BYTES].decode(errors="ignore")
-    rel = f"images/{folder}/{stem}{name.suffix}"
+    rel = f"{folder}/{stem}{name.suffix}"
     if rel.casefold() in used:  # casefold: also safe on case-insensitive file systems
-        rel = f"images/{folder}/{stem}_{cand.key[:12]}{name.suffix}"
+        rel = f"{folder}/{stem}_{cand.key[:12]}{name.suffix}"
     used.add(rel.casefold())
     return rel
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from graft.core.files import sha256_file, shown
 from graft.data.images import IMAGE_SUFFIXES
-from graft.data.manifest import SPLITS
+from graft.data.manifest import SPLITS, UNLABELED
 
 # Official Fashion-MNIST class names in label order; "/" would be a path separator, hence "_".
 FASHION_MNIST_CLASSES = (
@@ -177,6 +177,41 @@ def _hash(path: Path, found: Found) -> str | None:
     except OSError as exc:
         found.refuse(path, f"cannot read file ({exc.strerror})")
         return None
+
+
+def from_unlabeled(root: Path) -> Found:
+    """Every image under `root`, nested folders allowed, as a candidate without a label (split
+    `unlabeled`, `name` its path under root). Hidden entries, non-images and special files are
+    noted; entries that cannot be used (a symlink out of the root, a loop, a name that is not
+    UTF-8, an unreadable file) are refused, as in a class folder. Symlinked folders are not
+    followed (noted)."""
+    if not root.is_dir():
+        raise IngestError(f"{root}: folder of unlabelled images not found (ingest.unlabeled_path)")
+    real_root = root.resolve()
+    found = Found([], [])
+    for dirpath, dirs, files in os.walk(root):
+        folder = Path(dirpath)
+        for name in sorted(dirs):  # os.walk does not follow symlinked folders: say so
+            if name.startswith(".") or (folder / name).is_symlink():
+                reason = ("hidden entry" if name.startswith(".")
+                          else "symlinked folder, not followed")
+                found.ignored.append({"path": shown(folder / name), "reason": reason})
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            entry = folder / name
+            if name.startswith("."):
+                found.ignored.append({"path": shown(entry), "reason": "hidden entry"})
+            elif entry.suffix.lower() not in IMAGE_SUFFIXES:
+                found.ignored.append({"path": shown(entry), "reason": "not an image file suffix"})
+            elif (kind := _kind(entry, real_root, found)) is None:
+                continue
+            elif kind != "file":  # reading a FIFO would block forever
+                found.ignored.append({"path": shown(entry),
+                                      "reason": f"not a regular file ({kind})"})
+            elif (key := _hash(entry, found)) is not None:
+                found.candidates.append(Candidate(
+                    "", key, str(entry), entry.relative_to(root).as_posix(), UNLABELED, entry))
+    return found
 
 
 def from_csv(csv_path: Path, root: Path | None = None) -> Found:

@@ -89,6 +89,8 @@ def report_markdown(m: dict[str, Any]) -> str:
         lo, hi = m["transfer_gain_ci"]
         ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if None not in (lo, hi) else ""
         lines += ["", f"Transfer gain: {100 * gain:+.1f} points{ci} (paired bootstrap)."]
+    if m.get("test_near_copies") is not None:
+        lines += ["", near_copies_line(m) + " (reports/near_duplicates.csv)."]
     lines += ["", f"**Verdict: {verdict(m)}.**", ""]
     if m.get("deployed") == "baseline":
         lines += [f"**Deployed: the {m['best_baseline']} baseline, not the transferred model.** "
@@ -96,6 +98,16 @@ def report_markdown(m: dict[str, Any]) -> str:
                   "models/baseline.pt (trained from scratch on the same images) as "
                   "models/model.onnx.", ""]
     return "\n".join(lines)
+
+
+def near_copies_line(m: dict[str, Any]) -> str:
+    """The model's accuracy without the test images that nearly copy a training image."""
+    n = m["test_near_copies"]
+    if n == 0:
+        return "No test image nearly copies a training or validation image (audit stage)"
+    accuracy = _fmt(m["accuracy_without_near_copies"], m["accuracy_without_near_copies_ci"])
+    return (f"Without the {n} test image(s) that nearly copy a training or validation image: "
+            f"accuracy {accuracy} on {m['n_test_without_near_copies']} images")
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
@@ -108,6 +120,8 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         f"macro-F1 {_fmt(m['macro_f1'], m['macro_f1_ci'])}, "
         f"ROC-AUC {_auc(m['roc_auc'], m['roc_auc_ci'])}",
     ]
+    if m.get("test_near_copies"):
+        lines.append(near_copies_line(m))
     for name, acc in m["baselines"].items():
         lines.append(f"baseline {name}: accuracy {_fmt(acc, m['baselines_ci'][name])}")
     if m["negative_transfer"]:

@@ -66,11 +66,26 @@ def markdown(result: dict[str, Any]) -> str:
                          f"| {delta} |")
     if result.get("reasons"):
         lines += ["", "## Decision", ""] + [f"- {reason}" for reason in result["reasons"]]
+    lines += next_to_label_lines(result.get("suggestions"))
     if result.get("pipeline_metrics"):
         lines += ["", "## Test figures of this run (metrics/scores.json)", "",
                   "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_figure(k, v)} |" for k, v in result["pipeline_metrics"].items()]
     return "\n".join(lines) + "\n"
+
+
+def next_to_label_lines(suggestions: dict[str, Any] | None) -> list[str]:
+    """The report's "Next images to label" section (graft.lifecycle.retrain.next_to_label)."""
+    if not suggestions:
+        return []
+    lines = ["", "## Next images to label", ""]
+    if "rows" not in suggestions:
+        return lines + [f"None: {suggestions['note']}"]
+    lines += [f"Method `{suggestions['method']}`, best first (all of them: "
+              f"{suggestions['file']}):", "", "| rank | image | looks like | why |",
+              "|---|---|---|---|"]
+    return lines + [f"| {r['rank']} | {r['path']} | {r['predicted']} | {r['reason']} |"
+                    for r in suggestions["rows"]]
 
 
 def commit_message(result: dict[str, Any]) -> str:

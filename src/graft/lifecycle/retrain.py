@@ -33,6 +33,8 @@ from graft.core.config import load_params, params_from_dict, read_yaml
 from graft.core.files import write_bytes, write_json, write_text
 from graft.core.layout import Layout
 from graft.data.manifest import read_manifest
+from graft.embeddings.store import FeaturesError
+from graft.labels.suggest import SuggestError, suggest_for_project
 from graft.lifecycle import registry
 from graft.lifecycle.challenger import promote, score_and_decide
 from graft.lifecycle.report import markdown
@@ -188,6 +190,21 @@ def pipeline_metrics(layout: Layout) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def next_to_label(layout: Layout) -> dict[str, Any]:
+    """The report's images to label next (`graft suggest`, suggest.n of them, also written to
+    reports/suggest.csv), or a note saying why there are none; nothing without
+    ingest.unlabeled_path."""
+    params = load_params(layout.params)
+    if params.ingest.unlabeled_path is None:
+        return {}
+    try:
+        method, table = suggest_for_project(params, layout)
+    except (SuggestError, FeaturesError) as exc:
+        return {"note": str(exc)}
+    return {"method": method, "file": str(layout.suggestions),
+            "rows": table.to_dict(orient="records")}
 
 
 def write_report(layout: Layout, result: dict[str, Any]) -> str:

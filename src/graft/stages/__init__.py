@@ -1,7 +1,7 @@
-"""The six pipeline stages, one module each (ingest validate features finetune evaluate export),
-each a thin shell: `run(params, layout) -> dict` reads its params and declared inputs, calls the
-libraries, writes its outputs atomically and returns the metrics it wrote. Stages never import
-each other; only the faces (graft.cli, graft.flows) import a stage.
+"""The seven pipeline stages, one module each (ingest validate features audit finetune evaluate
+export), each a thin shell: `run(params, layout) -> dict` reads its params and declared inputs,
+calls the libraries, writes its outputs atomically and returns the metrics it wrote. Stages
+never import each other; only the faces (graft.cli, graft.flows) import a stage.
 """
 
 from __future__ import annotations

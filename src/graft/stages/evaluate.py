@@ -12,7 +12,8 @@ preprocessing. Two baselines
 learn from the same training images (graft.evaluation.baselines). All figures carry 95% bootstrap
 intervals computed on the same resamples for every contender (graft.evaluation.compare), and the
 verdict says whether transfer learning beat the best baseline (`negative_transfer` when it did
-not).
+not). The model's accuracy is also given without the test images that nearly copy a training
+image (reports/near_duplicates.csv, written by the audit stage; graft.labels.duplicates).
 
 `evaluate.on_negative_transfer` decides what happens then: `warn` reports it, `fail` exits
 non-zero after writing everything, `use_baseline` records `"deployed": "baseline"` so that the
@@ -32,12 +33,13 @@ from graft.core.config import Params
 from graft.core.device import pick_device
 from graft.core.files import sha256_file, write_json, write_text
 from graft.core.layout import Layout
-from graft.data.manifest import absolute_paths, encode_labels, read_manifest
+from graft.data.manifest import absolute_paths, encode_labels, origins, read_manifest
 from graft.embeddings.scoring import logits_from_store
 from graft.evaluation.baselines import train_baselines
 from graft.evaluation.compare import compare
 from graft.evaluation.plots import write_confusion
 from graft.evaluation.report import headline, report_markdown, verdict
+from graft.labels.leakage import without_near_copies
 from graft.models import scratch
 from graft.models.checkpoint import load_checkpoint, save_checkpoint
 from graft.models.inference import run_model
@@ -73,6 +75,8 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     probas |= {name: result.proba for name, result in trained.items()}
     result = compare(y_test, probas, names, p.bootstrap, p.seed)
     result["baselines_info"] = {name: r.info for name, r in trained.items()}
+    result |= without_near_copies(layout.near_duplicates, origins(test, layout.manifest), y_test,
+                                  probas["model"], p.bootstrap, p.seed)
     result["on_negative_transfer"] = p.on_negative_transfer
     use_baseline = result["negative_transfer"] and p.on_negative_transfer == "use_baseline"
     result["deployed"] = "baseline" if use_baseline else "model"

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from graft.data.manifest import ManifestError
+from graft.core.files import write_csv
+from graft.data.manifest import ManifestError, origins, read_manifest
 from graft.evaluation.report import summary_lines
 from graft.models.checkpoint import load_checkpoint
 from graft.stages import evaluate
@@ -35,6 +36,10 @@ class ColourModel(nn.Module):
 
 def test_run_writes_every_declared_output(tmp_path) -> None:
     layout = make_evaluate_project(tmp_path)
+    df = read_manifest(layout.manifest)
+    test, train = (origins(df[df["split"] == s], layout.manifest) for s in ("test", "train"))
+    write_csv(layout.near_duplicates, ["path_a", "split_a", "path_b", "split_b", "similarity"],
+              [[test[0], "test", train[0], "train", 0.99]])  # as the audit stage writes it
     result = evaluate.run(evaluate_params(), layout)
 
     saved = json.loads(layout.metrics("evaluate").read_text())
@@ -48,6 +53,10 @@ def test_run_writes_every_declared_output(tmp_path) -> None:
     assert sum(c["support"] for c in saved["per_class"].values()) == N_TEST
     assert saved["transfer_gain"] == pytest.approx(
         saved["accuracy"] - saved["baselines"][saved["best_baseline"]])
+    assert (saved["test_near_copies"], saved["n_test_without_near_copies"]) == (1, N_TEST - 1)
+    lo, hi = saved["accuracy_without_near_copies_ci"]
+    assert lo <= saved["accuracy_without_near_copies"] <= hi
+    assert "Without the 1 test image(s)" in layout.report("evaluate.md").read_text()
 
     with open(layout.plot("confusion.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
