@@ -1,4 +1,4 @@
-"""The Prefect flows: one per stage (named after the stage), `pipeline`, which runs all six, and
+"""The Prefect flows: one per stage (named after the stage), `pipeline`, which runs all seven, and
 `retrain`, the scheduled champion/challenger loop (deployed as `graft-retrain`).
 
 Thin on purpose: a stage flow loads params.yaml, calls the stage's run() (graft.stages) and
@@ -53,7 +53,7 @@ STAGE_FLOWS: dict[str, Flow] = {stage: _stage_flow(stage) for stage in STAGES}
 
 @flow(name="pipeline", log_prints=True, persist_result=False)
 def pipeline(root: str = ".", params_path: str | None = None) -> dict[str, dict]:
-    """All six stages in order, each as a subflow; stops at the first failing stage."""
+    """All seven stages in order, each as a subflow; stops at the first failing stage."""
     return {stage: STAGE_FLOWS[stage](root, params_path) for stage in STAGES}
 
 
@@ -94,6 +94,11 @@ def dvc_push(root: str) -> None:
     steps.dvc_push(Layout(Path(root)))
 
 
+@task(name="suggest")
+def next_to_label(root: str) -> dict[str, Any]:
+    return steps.next_to_label(Layout(Path(root)))
+
+
 @task(name="publish", retries=2, retry_delay_seconds=5)
 def publish(root: str, result: dict[str, Any]) -> None:
     """reports/retrain.{json,md} for the record; markdown + table artifacts for the Prefect UI."""
@@ -110,22 +115,25 @@ def retrain(root: str = ".", source: str | None = None,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Retrain on new data and promote the challenger only if it beats the champion.
 
-    source: a new ingest.path; overrides: {"section.key": value} written into params.yaml."""
+    source: a new ingest.path; overrides: {"section.key": value}, this run's only: params.yaml
+    holds them while the run does (DVC reads them there), then is the user's own file again."""
     layout = Layout(Path(root).resolve())
     root = str(layout.root)
     logger = get_run_logger()
     timeout = load_params(layout.params).retrain.lock_timeout
-    with registry.lock(layout.models, timeout):
+    with registry.lock(layout.models, timeout), \
+            steps.run_params(layout, source, overrides) as run_overrides:
         result: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
-                                  "recovered": registry.recover(layout.models)}
+                                  "recovered": registry.recover(layout.models),
+                                  "overrides": run_overrides}
         layout.retrain_log("dvc").unlink(missing_ok=True)  # this run's log only
-        steps.apply_overrides(layout, source, overrides)
         ingest(root)
         result["change"] = detect_change(root)
         if not result["change"]["changed"]:
             result["status"] = "no change"
             result["champion_version"] = registry.champion(layout.models).info["version"]
             logger.info("no new or changed images since the champion; nothing to train")
+            result["suggestions"] = next_to_label(root)
             publish(root, result)
             return result
         dvc_repro(root)
@@ -145,5 +153,6 @@ def retrain(root: str = ".", source: str | None = None,
                 dvc_push(root)
         else:
             result["status"] = "kept champion"
+        result["suggestions"] = next_to_label(root)
         publish(root, result)
         return result

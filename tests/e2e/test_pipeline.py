@@ -33,12 +33,13 @@ def project(tmp_path: Path, prefect_server: str):
     return root, images, env
 
 
-def test_dvc_repro_runs_six_stages_then_only_what_changed(project):
+def test_dvc_repro_runs_seven_stages_then_only_what_changed(project):
     root, images, env = project
     dvc = str(BIN / "dvc")
 
     first = sh([dvc, "repro"], root, env)
-    assert ran_stages(first) == {"ingest", "validate", "features", "finetune", "evaluate", "export"}
+    assert ran_stages(first) == {"ingest", "validate", "features", "audit", "finetune", "evaluate",
+                                 "export"}
     evaluate = json.loads((root / "metrics/evaluate.json").read_text())
     assert evaluate["accuracy"] > 0.6  # three easy classes; chance is 1/3
     assert (root / "models/model.onnx").stat().st_size > 1_000_000
@@ -52,8 +53,11 @@ def test_dvc_repro_runs_six_stages_then_only_what_changed(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     assert ran_stages(sh([dvc, "repro"], root, env)) == {"finetune", "evaluate", "export"}
 
-    assert "accuracy" in sh([dvc, "metrics", "show"], root, env)
+    shown = sh([dvc, "metrics", "show"], root, env)  # the headline files only, readable
+    assert "metrics/scores.json" in shown and "metrics/onnx.json" in shown
+    assert "accuracy" in shown and max(map(len, shown.splitlines())) <= 100, shown
     sh([dvc, "plots", "show", "--out", str(root / "plots-html")], root, env)
+    assert (root / "plots/training.png").stat().st_size > 1000
 
     # New images: the features store computes embeddings for new content alone.
     before = set(read_manifest(root / "data/prepared/manifest.csv")["sha256"])
@@ -82,7 +86,7 @@ def test_validation_failure_stops_the_pipeline(project):
 
 
 def test_pipeline_flow_in_ephemeral_mode(tmp_path: Path):
-    """`graft run`: the six stage flows as subflows of one flow, with no Prefect server."""
+    """`graft run`: the seven stage flows as subflows of one flow, with no Prefect server."""
     images = make_pattern_images(tmp_path / "images", per_class=10)
     root = tmp_path / "project"
     root.mkdir()
@@ -91,5 +95,12 @@ def test_pipeline_flow_in_ephemeral_mode(tmp_path: Path):
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     out = sh([str(BIN / "graft"), "run", "--root", str(root)], root, env)
     assert "model accuracy" in out and "baseline small_cnn" in out
-    for stage in ("ingest", "validate", "features", "finetune", "evaluate", "export"):
+    for stage in ("ingest", "validate", "features", "audit", "finetune", "evaluate", "export"):
         assert (root / "metrics" / f"{stage}.json").exists(), stage
+
+
+def test_graft_run_leaves_dvc_lock_current(project):
+    root, _, env = project
+    sh([str(BIN / "graft"), "run"], root, env)
+    status = sh([str(BIN / "dvc"), "status"], root, env)
+    assert "up to date" in status, status  # `graft run` recorded itself in dvc.lock

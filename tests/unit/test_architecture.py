@@ -4,8 +4,9 @@ Every module's imports (module level and inside functions, found with ast) are e
 graft modules. The rules:
 (a) no import circle anywhere in graft;
 (b) each module lives in a room, ranked faces (graft.cli, graft.flows, the package itself and any
-    other module directly in src/graft/) > stages > lifecycle > deploy > evaluation > strategies
-    > embeddings > models > data > core; an import goes to the same room or a lower one;
+    other module directly in src/graft/) > stages > lifecycle > deploy > labels > evaluation
+    > strategies > embeddings > models > data > core; an import goes to the same room or a
+    lower one;
 (c) stages never import each other, and nothing but graft.stages, the faces' graft.flows and
     graft.cli imports a graft.stages module;
 (d) at most six modules directly in src/graft/;
@@ -22,7 +23,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "graft"
-ROOMS = ("core", "data", "models", "embeddings", "strategies", "evaluation", "deploy",
+ROOMS = ("core", "data", "models", "embeddings", "strategies", "evaluation", "labels", "deploy",
          "lifecycle", "stages")  # lowest first; the faces rank above them all
 FACES_RANK = len(ROOMS)
 TEMPLATE = f"{PACKAGE}.deploy.bundle_template"

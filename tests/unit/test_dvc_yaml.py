@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import yaml
 
 from graft.core.layout import STAGES, Layout
@@ -93,18 +94,29 @@ def test_deps_list_every_module_a_stage_imports():
         f"  {stage}: {', '.join(paths)}" for stage, paths in missing.items())
 
 
-def test_metrics_paths_match_the_layout():
+def test_dvc_shows_the_headline_metrics_and_tracks_every_stages_own():
+    """`dvc metrics show` prints metrics/scores.json and metrics/onnx.json (a few columns);
+    each stage's full metrics/<stage>.json is one of its outputs."""
     layout = Layout(Path("."))
+
+    def paths(entries: list) -> list[str]:
+        return [next(iter(m)) if isinstance(m, dict) else m for m in entries]
+
+    declared = {stage: paths(spec.get("metrics", [])) for stage, spec in DVC.items()}
+    assert declared == {stage: [] for stage in DVC} | {
+        "evaluate": [str(layout.metrics("scores"))], "export": [str(layout.metrics("onnx"))]}
     for stage, spec in DVC.items():
-        declared = [next(iter(m)) if isinstance(m, dict) else m for m in spec.get("metrics", [])]
-        assert declared == [str(layout.metrics(stage))]
+        assert str(layout.metrics(stage)) in paths(spec["outs"]), stage
 
 
-def test_benchmark_dvc_stage_lists_the_modules_it_imports() -> None:
-    folder = REPO / "pipelines" / "fewshot-benchmark"
-    stage = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]["fewshot"]
-    deps = {str((folder / d).resolve().relative_to(REPO)) for d in stage["deps"]}
-    module = "graft.evaluation.fewshot"
+@pytest.mark.parametrize(("folder", "stage", "module"), [
+    ("fewshot-benchmark", "fewshot", "graft.evaluation.fewshot"),
+    ("labeling-benchmark", "labelbench", "graft.labels.benchmark"),
+])
+def test_benchmark_dvc_stage_lists_the_modules_it_imports(folder, stage, module) -> None:
+    path = REPO / "pipelines" / folder
+    spec = yaml.safe_load((path / "dvc.yaml").read_text())["stages"][stage]
+    deps = {str((path / d).resolve().relative_to(REPO)) for d in spec["deps"]}
     needed = _src_paths(graft_imports(module) | {module})
     assert needed <= deps, sorted(needed - deps)
-    assert stage["cmd"] == "graft fewshot --params params.yaml"
+    assert spec["cmd"] == f"graft {stage} --params params.yaml"

@@ -20,7 +20,7 @@ import pandas as pd
 from graft.core.config import ValidateParams
 from graft.core.layout import Layout
 from graft.data.images import ImageError, read_image
-from graft.data.manifest import SPLITS, class_names
+from graft.data.manifest import SPLITS, UNLABELED, class_names
 
 SHOW_FILES = 10  # offending files named in the error message; the reports list all of them
 
@@ -95,15 +95,21 @@ def _expectations(classes: list[str], v: ValidateParams) -> tuple[list, list]:
     import great_expectations as gx  # imported here: ~2 s, and only this stage needs it
 
     e = gx.expectations
+    is_labelled = {"row_condition": f'split!="{UNLABELED}"', "condition_parser": "pandas"}
     per_file = [
-        e.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS),
+        e.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, UNLABELED],
                                       meta={"rule": "split_valid"}),
         e.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True],
                                       meta={"rule": "decodes"}),
         e.ExpectColumnValuesToBeBetween(column="min_side", min_value=v.min_side,
                                         meta={"rule": "min_side"}),
-        e.ExpectColumnValuesToBeInSet(column="label", value_set=classes,
+        e.ExpectColumnValuesToBeInSet(column="label", value_set=classes, **is_labelled,
                                       meta={"rule": "label_in_train_classes"}),
+        # an unlabelled row with a label would be trained on by nobody and suggested anyway
+        e.ExpectColumnValuesToBeInSet(column="label", value_set=[""],
+                                      row_condition=f'split=="{UNLABELED}"',
+                                      condition_parser="pandas",
+                                      meta={"rule": "unlabeled_without_label"}),
         e.ExpectColumnValuesToBeInSet(column="dup_across_splits", value_set=[False],
                                       meta={"rule": "no_content_in_two_splits"}),
     ]
@@ -169,8 +175,11 @@ def _check(r: Any, key: str) -> Check:
     return check
 
 
-def quarantine_rows(files: pd.DataFrame, checks: list[Check], v: ValidateParams) -> list[list[str]]:
-    """path, rule, problem for each offending file, the problem in words."""
+def quarantine_rows(files: pd.DataFrame, checks: list[Check], v: ValidateParams,
+                    origins: dict[str, str] | None = None) -> list[list[str]]:
+    """path, rule, problem, origin for each offending file: the problem in words, the origin
+    the user's own file it was copied from (graft.data.manifest.read_origins; '' unknown)."""
+    origins = origins or {}
     by_path = files.drop_duplicates("path").set_index("path")
     rows = []
     for check in checks:
@@ -182,9 +191,11 @@ def quarantine_rows(files: pd.DataFrame, checks: list[Check], v: ValidateParams)
                 "label_in_train_classes": f"label {row['label']!r} ({row['split']}) is not a "
                                           "training class",
                 "no_content_in_two_splits": f"sha256 {row['sha256'][:12]}… also in another split",
-                "split_valid": f"split {row['split']!r} is not one of {', '.join(SPLITS)}",
+                "split_valid": f"split {row['split']!r} is not one of "
+                               f"{', '.join([*SPLITS, UNLABELED])}",
+                "unlabeled_without_label": f"label {row['label']!r} on an unlabelled image",
             }.get(check.rule, check.rule)
-            rows.append([path, check.rule, problem])
+            rows.append([path, check.rule, problem, origins.get(path, "")])
     return rows
 
 
@@ -193,8 +204,9 @@ def failure_message(layout: Layout, failed: list[Check], quarantine: list[list[s
              f"{layout.report('validate.json')} and {layout.report('quarantine.csv')}"]
     for check in failed:
         if check.files:
-            problems = [f"{layout.prepared / path} ({problem})"
-                        for path, rule, problem in quarantine if rule == check.rule]
+            problems = [f"{origin} ({problem}), copied as {layout.prepared / path}" if origin
+                        else f"{layout.prepared / path} ({problem})"
+                        for path, rule, problem, origin in quarantine if rule == check.rule]
             more = len(problems) - SHOW_FILES
             tail = f"; and {more} more" if more > 0 else ""
             lines.append(f"  {check.rule}: {len(problems)} file(s): "

@@ -94,7 +94,8 @@ def evaluation_set(champion: Version | None, manifest: pd.DataFrame,
     images); manifest: the challenger's. Champion test images the challenger trained on (now in
     train or val) are left out and noted."""
     new_test = manifest[manifest["split"] == "test"]
-    trained_on = set(manifest.loc[manifest["split"] != "test", "sha256"])
+    # an old test image now among the unlabelled ones was not trained on: it stays
+    trained_on = set(manifest.loc[manifest["split"].isin(["train", "val"]), "sha256"])
     paths = absolute_paths(new_test, manifest_path)
     labels = new_test["label"].tolist()
     seen = set(new_test["sha256"])

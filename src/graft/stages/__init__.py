@@ -1,7 +1,7 @@
-"""The six pipeline stages, one module each (ingest validate features finetune evaluate export),
-each a thin shell: `run(params, layout) -> dict` reads its params and declared inputs, calls the
-libraries, writes its outputs atomically and returns the metrics it wrote. Stages never import
-each other; only the faces (graft.cli, graft.flows) import a stage.
+"""The seven pipeline stages, one module each (ingest validate features audit finetune evaluate
+export), each a thin shell: `run(params, layout) -> dict` reads its params and declared inputs,
+calls the libraries, writes its outputs atomically and returns the metrics it wrote. Stages
+never import each other; only the faces (graft.cli, graft.flows) import a stage.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 from graft.core import distributed
 from graft.core.config import Params, load_params
+from graft.core.files import clean_temp
 from graft.core.layout import STAGES, Layout
-from graft.embeddings.store import check_params as check_features
+from graft.embeddings.choice import check_params as check_features
 from graft.strategies import check_params as check_finetune
 
 __all__ = ["STAGES", "check_params", "run_stage", "runner"]
@@ -45,6 +46,8 @@ def run_stage(stage: str, root: str | Path = ".", params_path: str | Path | None
     params = load_params(path)
     check_params(params, str(path))
     nproc = params.finetune.nproc_per_node
+    if not distributed.launched():  # one cleaner, not one per torchrun rank
+        clean_temp(*layout.scratch_folders)  # what a killed run left beside the outputs
     if stage == "finetune" and nproc > 1 and not distributed.launched():
         distributed.launch(["graft.cli", stage, "--no-prefect", "--root",
                             str(layout.root.resolve()), "--params", str(Path(path).resolve())],

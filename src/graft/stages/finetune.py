@@ -17,6 +17,7 @@ from graft.core.distributed import is_main
 from graft.core.files import write_csv, write_json
 from graft.core.layout import Layout
 from graft.embeddings.store import check_params as check_features
+from graft.evaluation.plots import write_training_curve
 from graft.models.checkpoint import save_checkpoint
 from graft.strategies import check_params, get_strategy, strategy_kind
 from graft.strategies.base import load_inputs
@@ -65,9 +66,12 @@ def run(params: Params, layout: Layout) -> dict:
     save_checkpoint(layout.model, fit.model.cpu(), backbone, inputs.classes, inputs.pre,
                     head=fit.head, network=fit.network, strategy=p.strategy,
                     fitted_strategy=fitted.strategy, params=dataclasses.asdict(fitted),
+                    frozen_backbone=fit.frozen_backbone,
                     C=metrics["C"],
                     val_accuracy=fit.val_accuracy, epochs_run=metrics["epochs_run"],
                     best_epoch=metrics["best_epoch"])
     write_csv(layout.plot("finetune.csv"), fit.curve.header, fit.curve.rows)
+    write_training_curve(layout.plot("training.png"), fit.curve.header, fit.curve.rows,
+                         f"{p.strategy} on {backbone}")
     write_json(layout.metrics("finetune"), metrics)
     return metrics

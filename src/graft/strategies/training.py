@@ -36,6 +36,7 @@ from torch import nn
 from graft.core.config import FinetuneParams
 from graft.core.device import to_input
 from graft.core.distributed import ONE_PROCESS, Ranks
+from graft.core.progress import Progress
 from graft.data.augment import augment_batch, build_augment
 from graft.data.images import Preprocessing
 from graft.strategies.batches import epoch_batches
@@ -141,24 +142,26 @@ def train(
     history.rows.append(_row(0, train_loss, val_loss, val_acc, None))
     if val_acc is not None:
         best.update(0, model, val_acc, val_loss)
-    for n in range(1, p.epochs + 1):
-        lr = step.optimizer.param_groups[0]["lr"]  # the head's, at the start of the epoch
-        epoch_start = time.perf_counter()
-        train_loss = epoch.run()
-        val_loss, val_acc = scores(data.x_val, data.y_val)
-        if budget_s is not None and n == 1:  # set-up so far + the other epochs like this one
-            now = time.perf_counter()
-            estimate = now - started + (p.epochs - 1) * (now - epoch_start)
-            if estimate > budget_s:
-                raise BudgetExceeded(estimate, budget_s)
-        history.rows.append(_row(n, train_loss, val_loss, val_acc, lr))
-        if ranks.rank == 0:
-            log.info("epoch %d: %s", n, history.rows[-1])
-        if val_acc is None:
-            continue
-        if not best.update(n, model, val_acc, val_loss) and best.stale >= p.patience:
-            log.info("early stop after epoch %d: no val improvement in %d", n, best.stale)
-            break
+    with Progress("finetune: training", p.epochs, "epoch", enabled=ranks.rank == 0) as bar:
+        for n in range(1, p.epochs + 1):
+            lr = step.optimizer.param_groups[0]["lr"]  # the head's, at the start of the epoch
+            epoch_start = time.perf_counter()
+            train_loss = epoch.run()
+            val_loss, val_acc = scores(data.x_val, data.y_val)
+            if budget_s is not None and n == 1:  # set-up so far + the other epochs like this one
+                now = time.perf_counter()
+                estimate = now - started + (p.epochs - 1) * (now - epoch_start)
+                if estimate > budget_s:
+                    raise BudgetExceeded(estimate, budget_s)
+            history.rows.append(_row(n, train_loss, val_loss, val_acc, lr))
+            bar.update(loss=train_loss, val_accuracy=val_acc)
+            if ranks.rank == 0:
+                log.info("epoch %d: %s", n, history.rows[-1])
+            if val_acc is None:
+                continue
+            if not best.update(n, model, val_acc, val_loss) and best.stale >= p.patience:
+                log.info("early stop after epoch %d: no val improvement in %d", n, best.stale)
+                break
     if best.state is not None:
         model.load_state_dict(best.state)
         history.best_epoch, history.best_val_accuracy = best.epoch, best.accuracy

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from graft.data.manifest import ManifestError
+from graft.core.files import write_csv
+from graft.data.manifest import ManifestError, origins, read_manifest
 from graft.evaluation.report import summary_lines
 from graft.models.checkpoint import load_checkpoint
 from graft.stages import evaluate
@@ -35,6 +36,10 @@ class ColourModel(nn.Module):
 
 def test_run_writes_every_declared_output(tmp_path) -> None:
     layout = make_evaluate_project(tmp_path)
+    df = read_manifest(layout.manifest)
+    test, train = (origins(df[df["split"] == s], layout.manifest) for s in ("test", "train"))
+    write_csv(layout.near_duplicates, ["path_a", "split_a", "path_b", "split_b", "similarity"],
+              [[test[0], "test", train[0], "train", 0.99]])  # as the audit stage writes it
     result = evaluate.run(evaluate_params(), layout)
 
     saved = json.loads(layout.metrics("evaluate").read_text())
@@ -48,6 +53,10 @@ def test_run_writes_every_declared_output(tmp_path) -> None:
     assert sum(c["support"] for c in saved["per_class"].values()) == N_TEST
     assert saved["transfer_gain"] == pytest.approx(
         saved["accuracy"] - saved["baselines"][saved["best_baseline"]])
+    assert (saved["test_near_copies"], saved["n_test_without_near_copies"]) == (1, N_TEST - 1)
+    lo, hi = saved["accuracy_without_near_copies_ci"]
+    assert lo <= saved["accuracy_without_near_copies"] <= hi
+    assert "Without the 1 test image(s)" in layout.report("evaluate.md").read_text()
 
     with open(layout.plot("confusion.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -77,9 +86,9 @@ def test_zeroed_head_is_negative_transfer(tmp_path) -> None:
     assert result["roc_auc"] == pytest.approx(0.5)  # all scores tied
     assert result["baselines"][result["best_baseline"]] > 0.6  # the easy set is learnable
     assert result["transfer_gain"] < 0 and result["negative_transfer"] is True
-    warnings = [line for line in summary_lines(result) if line.startswith("WARNING")]
-    assert len(warnings) == 1 and "NEGATIVE TRANSFER" in warnings[0]
-    assert result["best_baseline"] in warnings[0]
+    negative = [line for line in summary_lines(result) if "NEGATIVE TRANSFER" in line]
+    assert len(negative) == 1 and negative[0].startswith("WARNING")
+    assert result["best_baseline"] in negative[0]
     assert "NEGATIVE TRANSFER" in layout.report("evaluate.md").read_text()
 
 
@@ -91,7 +100,7 @@ def test_good_model_is_not_negative_transfer(tmp_path, monkeypatch, mode) -> Non
     result = evaluate.run(evaluate_params(on_negative_transfer=mode), layout)
     assert result["accuracy"] == 1.0 and result["roc_auc"] == 1.0
     assert result["transfer_gain"] >= 0 and result["negative_transfer"] is False
-    assert not any(line.startswith("WARNING") for line in summary_lines(result))
+    assert not any("NEGATIVE TRANSFER" in line for line in summary_lines(result))
 
 
 def test_unknown_test_label_is_an_error_naming_it(tmp_path) -> None:

@@ -42,8 +42,8 @@ def test_folder_source_splits_copies_bytes_and_reports(tmp_path):
     metrics = ingest.run(p, layout)
 
     assert metrics == {"source": "folder", "n_images": 21, "n_classes": 3, "n_train": 9,
-                       "n_val": 6, "n_test": 6, "n_ignored": 0, "n_duplicates": 0,
-                       "n_conflicts": 0}
+                       "n_val": 6, "n_test": 6, "n_unlabeled": 0, "n_ignored": 0,
+                       "n_duplicates": 0, "n_conflicts": 0}
     assert json.loads(layout.metrics("ingest").read_text()) == metrics
     df = read_manifest(layout.manifest)
     per = df.groupby(["split", "label"]).size()
@@ -163,7 +163,7 @@ def test_fashion_mnist_idx_files(tmp_path, compress):
         write_idx(folder / f"{name}-labels-idx1-ubyte{suffix}", labels, compress)
     layout = Layout(tmp_path / "proj")
     metrics = ingest.run(ingest_params("fashion-mnist", folder, {
-        "test_size": 20, "val_per_class": 2, "shots_per_class": 3}), layout)
+        "test_size": 20, "val_per_class": 2, "val_fraction": 0.5, "shots_per_class": 3}), layout)
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (30, 20, 20)
     df = read_manifest(layout.manifest)
     assert set(df["label"]) == set(FASHION_MNIST_CLASSES)
@@ -227,3 +227,38 @@ def test_relative_source_path_starts_at_the_project_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the project root: the path must not depend on cwd
     metrics = ingest.run(ingest_params("folder", "pictures"), Layout(tmp_path / "proj"))
     assert metrics["n_images"] == 4
+
+
+def test_unlabeled_folder_joins_the_manifest_without_labels_and_validates(tmp_path):
+    from graft.stages import validate
+
+    src = image_tree(tmp_path / "src", {"cat": 4, "dog": 4})
+    pool = tmp_path / "pool"
+    write_image(pool / "a.png")
+    write_image(pool / "deeper" / "b.png")
+    shutil.copy(src / "cat" / "cat_0.png", pool / "copy_of_cat.png")  # a labelled image again
+    shutil.copy(pool / "a.png", pool / "deeper" / "a_again.png")
+    (pool / "notes.txt").write_text("not an image")
+    layout = Layout(tmp_path / "proj")
+    p = ingest_params("folder", src, {"unlabeled_path": str(pool), "test_fraction": 0.25})
+
+    metrics = ingest.run(p, layout)
+
+    df = read_manifest(layout.manifest)
+    pool_rows = df.loc[df["split"] == "unlabeled"]
+    assert sorted(pool_rows["path"]) == ["unlabeled/a.png", "unlabeled/deeper/b.png"]
+    assert (pool_rows["label"] == "").all()
+    assert sorted(pool_rows["origin"]) == [str(pool / "a.png"), str(pool / "deeper" / "b.png")]
+    assert metrics["n_unlabeled"] == 2 and metrics["n_classes"] == 2
+    assert metrics["n_train"] + metrics["n_test"] == 8
+    report = json.loads(layout.report("ingest.json").read_text())
+    assert [c["dropped"] for c in report["unlabeled_copies"]] == [str(pool / "copy_of_cat.png")]
+    reasons = {Path(i["path"]).name: i["reason"] for i in report["ignored"]}
+    assert reasons["notes.txt"] == "not an image file suffix"
+    assert reasons["a_again.png"].startswith("same content as")
+    checked = validate.run(p, layout)
+    assert checked["n_unlabeled"] == 2 and all(checked["checks"].values())
+
+    inside = ingest_params("folder", src, {"unlabeled_path": str(src / "cat")})
+    with pytest.raises(IngestError, match="overlaps the labelled folder"):
+        ingest.run(inside, Layout(tmp_path / "proj2"))

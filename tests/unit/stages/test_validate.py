@@ -34,7 +34,8 @@ def test_clean_data_passes_and_reports(tmp_path):
     assert metrics["imbalance_ratio"] == 1.5
     assert set(metrics["checks"]) == {
         "split_valid", "decodes", "min_side", "label_in_train_classes",
-        "no_content_in_two_splits", "at_least_two_classes", "min_per_class", "max_imbalance"}
+        "no_content_in_two_splits", "at_least_two_classes", "min_per_class", "max_imbalance",
+        "unlabeled_without_label"}
     assert all(metrics["checks"].values())
     report = json.loads((layout.reports / "validate.json").read_text())
     assert report["success"] is True
