@@ -73,19 +73,41 @@ def embed_shard(paths: list[str], net: dict) -> dict:
 
 
 def _gather(paths: list[str], net: dict, shard_size: int) -> dict:
-    """Submit every shard, then gather them in order; each future is released once read, so a
-    worker that dies later does not make Dask recompute shards already gathered."""
-    futures = [embed_shard.submit(paths[i:i + shard_size], net)
-               for i in range(0, len(paths), shard_size)]
-    parts, workers = [], set()
+    """Every shard's vectors in order, and the workers that computed them."""
+    results = _submit_all(embed_shard, [(paths[i:i + shard_size], net)
+                                        for i in range(0, len(paths), shard_size)])
+    return {"vectors": np.concatenate([r["vectors"] for r in results]),
+            "workers": sorted({r["worker"] for r in results if r["worker"]})}
+
+
+def _submit_all(work, calls: list[tuple]) -> list:
+    """Submit `work(*args)` for every args in `calls`, then gather the results in order; each
+    future is released once read, so a worker that dies later does not make Dask recompute
+    results already gathered."""
+    futures = [work.submit(*args) for args in calls]
+    results = []
     for future in futures:
-        result = future.result()
-        parts.append(result["vectors"])
-        workers.add(result["worker"])
+        results.append(future.result())
         wrapped = getattr(future, "wrapped_future", None)
         if hasattr(wrapped, "release"):
             wrapped.release()
-    return {"vectors": np.concatenate(parts), "workers": sorted(w for w in workers if w)}
+    return results
+
+
+def map_on_cluster(address: str, flow_name: str, task_name: str, fn, calls: list[tuple]) -> list:
+    """[fn(*args) for args in calls], each call a Prefect task `task_name` of the flow
+    `flow_name` run on the Dask scheduler at `address` through DaskTaskRunner. `fn` must be a
+    module-level function of an installed module (the workers import it); its arguments and
+    result cross the wire pickled."""
+    from prefect_dask import DaskTaskRunner
+
+    work = task(fn, name=task_name, persist_result=False)
+
+    def fan_out() -> list:
+        return _submit_all(work, calls)
+
+    return Flow(fan_out, name=flow_name, persist_result=False,
+                task_runner=DaskTaskRunner(address=address))()
 
 
 def embed_on_cluster(address: str, paths: list[Path], net: Network,

@@ -1,11 +1,11 @@
 """`features.cluster`: the features stage embeds on a Dask cluster through Prefect's
 DaskTaskRunner (graft.embeddings.cluster) and writes the store the in-process run writes.
 
-The cluster is real processes on 127.0.0.1, started as docs/scaling.md says (tests.dask_processes):
-a `dask scheduler` and two `dask worker --nthreads 1` from the project's own environment, with
-PREFECT_API_URL naming the session's Prefect server (without it each worker starts a temporary
-server). The stage runs in this process against that server; the tasks and their results cross
-the wire pickled, and the workers read the images at their absolute paths.
+The cluster (conftest's `dask_cluster`) is real processes on 127.0.0.1, started as
+docs/scaling.md says: a `dask scheduler` and two `dask worker --nthreads 1` from the project's
+own environment, with PREFECT_API_URL naming the session's Prefect server (without it each worker
+starts a temporary server). The stage runs in this process against that server; the tasks and
+their results cross the wire pickled, and the workers read the images at their absolute paths.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,36 +25,12 @@ from graft.data.images import ImageError
 from graft.embeddings.store import check_params, read_store, store_path
 from graft.stages import features
 from graft.strategies.training import BudgetExceeded
-from tests.dask_processes import DaskProcesses
 from tests.fixtures import copy_stage_outputs, tiny_params
 
 pytest.importorskip("prefect_dask")
 from distributed import Client  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory: pytest.TempPathFactory,
-                 prefect_server: str) -> Iterator[DaskProcesses]:
-    """`dask scheduler` + two `dask worker` processes, started before the module's tiny project
-    is embedded in-process (their imports overlap with it), always stopped after."""
-    cluster = DaskProcesses(tmp_path_factory.mktemp("dask"), workers=2,
-                            prefect_api=prefect_server, preload="graft.embeddings.cluster")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture()
-def prefect_api(prefect_server: str) -> Iterator[str]:
-    """This process's flows report to the session's server (Prefect is imported already, so the
-    setting goes through its settings context; the workers get it from their environment)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        yield prefect_server
 
 
 def _executed(client: Client) -> dict[str, int]:
@@ -124,12 +99,14 @@ def test_a_worker_killed_mid_run_leaves_the_other_to_finish(dask_cluster, tiny_b
         finally:
             done.set()
             watcher.join(10)
+            for name in killed:  # the session's cluster gets its second worker back
+                dask_cluster.add_worker(name)
         assert killed, "no shard was seen running"
         deadline = time.monotonic() + 10
         while len(client.scheduler_info()["workers"]) != 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [w["name"] for w in client.scheduler_info()["workers"].values()] != killed
-        assert len(client.scheduler_info()["workers"]) == 1
+        survivors = [w["name"] for w in client.scheduler_info()["workers"].values()]
+        assert len(survivors) == 1 and survivors != killed
     assert metrics["n_computed"] == len(local)
     _assert_same_store(path, local)
 
