@@ -42,6 +42,9 @@ class Network:
     image_size: int
     batch_size: int
     max_pixels: int
+    # the in-process stage's exported onnxruntime graph (absolute, parity checked by the flow):
+    # CPU workers run it, as the stage does here; GPU workers run torch. None: torch everywhere
+    graph: str | None = None
 
 
 @functools.cache
@@ -50,6 +53,19 @@ def _network(net: Network):  # -> (model, Preprocessing): once per worker proces
 
     model = create_model(net.backbone, num_classes=0, weights_dir=Path(net.weights_dir))
     return model.eval(), get_spec(net.backbone).preprocessing(net.image_size)
+
+
+@functools.cache
+def _session(net: Network):  # -> (onnxruntime session, Preprocessing) or None: once per process
+    from graft.core.device import pick_device
+    from graft.models.backbones import get_spec
+    from graft.models.onnx_graph import create_session
+
+    if net.graph is None or pick_device().type == "cuda":
+        return None
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None  # one per worker process
+    session = create_session(net.graph, providers=["CPUExecutionProvider"], threads=threads)
+    return session, get_spec(net.backbone).preprocessing(net.image_size)
 
 
 def where() -> str | None:
@@ -65,10 +81,19 @@ def where() -> str | None:
 @task(name="embed-shard", persist_result=False)
 def embed_shard(paths: list[str], net: dict) -> dict:
     """One shard of image paths → {'vectors': float32 (n, D), 'worker': address or None}."""
+    from graft.data.images import decoded_batches
     from graft.models.inference import run_model
 
-    model, pre = _network(Network(**net))
-    vectors = run_model(model, paths, pre, net["batch_size"], None, net["max_pixels"])
+    ort = _session(Network(**net))
+    if ort is not None:
+        session, pre = ort
+        name = session.get_inputs()[0].name
+        vectors = np.concatenate([session.run(None, {name: np.ascontiguousarray(x)})[0]
+                                  for x in decoded_batches(paths, pre, net["batch_size"],
+                                                           net["max_pixels"])])
+    else:
+        model, pre = _network(Network(**net))
+        vectors = run_model(model, paths, pre, net["batch_size"], None, net["max_pixels"])
     return {"vectors": vectors.astype(np.float32), "worker": where()}
 
 
