@@ -284,6 +284,8 @@ def tree_digest(root: Path) -> dict[str, tuple[str, str]]:
                 out[rel] = ("link", os.readlink(path))
             elif path.is_dir():
                 out[rel] = ("dir", "")
+            elif not path.is_file():  # a FIFO: reading it would block
+                out[rel] = ("special", "")
             else:
                 out[rel] = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
     return out
@@ -493,3 +495,92 @@ def fp32_only_export(root: Path, params: dict) -> None:
     dvc["stages"]["export"]["outs"] = [o for o in outs if not str(o).endswith(
         ("int8.onnx", "fp16.onnx"))]
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+
+
+# ---- tiny ONNX models (no torch export: a few kB, built in milliseconds) ------------------------
+
+
+def tiny_onnx(path: Path, n_classes: int = 3, size: int = 8, graph_size: int | None = None,
+              **meta: Any) -> Path:
+    """A Graft-like .onnx file: mean colour of a (N, 3, S, S) image → (N, n_classes) logits,
+    with graft.* metadata for `size` px and CLASSES-like names; `meta` overrides any key (the
+    hostile-metadata tests); graph_size: the input size the graph itself declares."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graft.deploy.onnx_model import attach_metadata
+
+    s = graph_size or size
+    rng = np.random.default_rng(n_classes)
+    weight = numpy_helper.from_array(rng.normal(size=(3, n_classes)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(np.zeros(n_classes, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["mm"]),
+         helper.make_node("Add", ["mm", "b"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, s, s])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_classes])],
+        [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    values = {"class_names": [f"class{i}" for i in range(n_classes)], "mean": [0.5] * 3,
+              "std": [0.5] * 3, "input_size": size, "resize": "shorter_side_bilinear_center_crop",
+              "backbone": "tiny", "version": "test", "export_id": "e1",
+              "source_sha256": "0" * 64, **meta}
+    attach_metadata(path, {k: v for k, v in values.items() if v is not None})
+    return path
+
+
+def onnx_set(folder: Path, model_pt: bytes = b"weights", export_id: str = "e1",
+             variants: tuple[str, ...] = ("fp32",), **meta: Any) -> dict[str, Path]:
+    """folder/model.pt holding `model_pt` (a stand-in: only its hash matters to the set checks)
+    and an ONNX set of one export made from it: {precision: path}."""
+    from graft.core.layout import ONNX_FILES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.pt").write_bytes(model_pt)
+    source = hashlib.sha256(model_pt).hexdigest()
+    return {v: tiny_onnx(folder / ONNX_FILES[v], export_id=export_id, source_sha256=source,
+                         precision=v, **meta) for v in variants}
+
+
+def tiny_champion(models: Path, tmp: Path, model_pt: bytes = b"champion", **meta: Any) -> Path:
+    """models/champion/: a promoted version holding a tiny ONNX set (fp32 + int8) of `model_pt`,
+    every file's sha256 recorded; returns the champion folder."""
+    from graft.lifecycle import registry
+
+    files = onnx_set(tmp / f"champion-src-{model_pt.hex()[:8]}", model_pt,
+                     variants=("fp32", "int8"), **meta)
+    src = next(iter(files.values())).parent
+    info = {"version": "20260101T000000Z-champion", "created": "2026-01-01", "accuracy": 0.9}
+    with registry.lock(models):
+        staged = registry.stage(models, {p.name: p for p in src.iterdir()}, info)
+        registry.promote(models, staged)
+    return models / registry.CHAMPION
+
+
+def graft_cli(*args: str | Path) -> tuple[int, str]:
+    """`graft ARGS` in-process: (exit code, stdout + stderr). An exception the CLI let through
+    (a traceback for the user) fails the test here."""
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def assert_user_error(code: int, output: str, *fragments: str | Path) -> str:
+    """Exit code 1 and an `error: …` line holding every fragment (a file, a rule); no traceback.
+    Returns the error line."""
+    assert code == 1, output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert lines, output
+    for fragment in fragments:
+        assert str(fragment) in output, f"{fragment!r} not in {output!r}"
+    return lines[0]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -16,8 +18,32 @@ import typer
 
 from graft.core.layout import STAGES, Layout
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Transfer learning for small image datasets.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from graft.core import VERSION
+
+        typer.echo(f"graft {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Prefect's own logs and full tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Options for every command; Prefect reads its log level when it is imported, so it is set
+    here, before any command imports it (the user's environment wins)."""
+    if verbose:
+        os.environ["GRAFT_VERBOSE"] = "1"
+    else:  # Prefect still logs to its server (the UI has every line); the console stays quiet
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 Root = Annotated[Path, typer.Option(help="Project root (holds params.yaml, data/, models/).")]
 ParamsFile = Annotated[Path | None, typer.Option("--params", help="Default: ROOT/params.yaml.")]
@@ -31,17 +57,43 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, FileNotFoundError) as exc:
+        if os.environ.get("GRAFT_VERBOSE"):
+            raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:  # a full disk, a permission: one line naming the file, no traceback
+        where = exc.filename or "(no file named by the system)"
+        typer.secho(f"error: {where}: {exc.strerror or exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
 
 
+def _check_params_early(root: Path, params: Path | None) -> None:
+    """Bad params fail here, in the time Python takes to start, before Prefect or torch load."""
+    from graft.core.config import load_params
+    from graft.stages import check_params
+
+    path = params or Layout(root).params
+    check_params(load_params(path), str(path))
+
+
 def _run_stage(stage: str, root: Path, params: Path | None, no_prefect: bool) -> dict:
-    from graft import flows  # imports prefect: only when a stage really runs
+    from graft.prefect_server import shared_server
 
     with _user_errors():
-        if no_prefect:
-            return flows.run_stage(stage, root, params)
-        return flows.STAGE_FLOWS[stage](str(root), str(params) if params else None)
+        _check_params_early(root, params)
+        if no_prefect:  # no Prefect import either (~3 s; every torchrun rank runs this)
+            from graft.stages import run_stage
+
+            return run_stage(stage, root, params)
+        with shared_server() as url:
+            from graft import flows  # imports prefect: after PREFECT_API_URL is settled
+
+            started = time.perf_counter()
+            metrics = flows.STAGE_FLOWS[stage](str(root), str(params) if params else None)
+            typer.echo(f"{stage}: Prefect flow run completed in "
+                       f"{time.perf_counter() - started:.1f} s on "
+                       f"{url or os.environ['PREFECT_API_URL']} (-v: Prefect's logs)", err=True)
+            return metrics
 
 
 def _stage_command(stage: str) -> None:
@@ -67,11 +119,30 @@ for _stage in STAGES:
 @app.command()
 def run(root: Root = Path("."), params: ParamsFile = None) -> None:
     """Run all seven stages in order as one Prefect flow (`dvc repro` runs them one by one)."""
-    from graft import flows
-
     with _user_errors():
+        _check_params_early(root, params)
+        from graft import flows
+
         flows.pipeline(str(root), str(params) if params else None)
+    if params is None:  # dvc.yaml's stages read params.yaml
+        _record_in_dvc(root)
     summary(root)
+
+
+def _record_in_dvc(root: Path) -> None:
+    """After `graft run`, what `dvc repro` would have recorded: dvc.lock gets this run's params,
+    dependency and output hashes (`dvc commit`), so `dvc status` does not list every stage."""
+    import shutil
+    import subprocess
+
+    dvc = shutil.which("dvc")
+    if not (root / ".dvc").is_dir() or dvc is None:
+        return
+    done = subprocess.run([dvc, "commit", "--force", "--quiet"], cwd=root, capture_output=True,
+                          text=True)
+    if done.returncode:
+        typer.secho(f"warning: `dvc commit` failed, dvc.lock is not up to date: "
+                    f"{done.stderr.strip().splitlines()[-1:]}", err=True, fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -87,16 +158,24 @@ def summary(root: Root = Path(".")) -> None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="A Graft .onnx model.")],
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files or folders.")],
+    model: Annotated[Path | None, typer.Option(
+        help="A Graft .onnx model; default: the champion's (models/champion/).")] = None,
+    root: Root = Path("."),
     top_k: Annotated[int, typer.Option(help="Labels per image.")] = 3,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 32,
 ) -> None:
-    """Classify images with an exported model; needs nothing but the .onnx file."""
+    """Classify images with the champion (or --model); needs nothing but the .onnx file."""
     from graft.deploy.predict import main
 
     with _user_errors():
+        if model is None and len(paths) > 1 and paths[0].suffix == ".onnx":
+            model, paths = paths[0], paths[1:]  # the older form: graft predict MODEL PATH...
+        if model is None:
+            from graft.lifecycle.ship import champion_onnx
+
+            model = champion_onnx(Layout(root).models)
         code = main(model, paths, top_k, fmt, batch_size)
     raise typer.Exit(code)
 
@@ -160,7 +239,8 @@ def models(root: Root = Path(".")) -> None:
 
     rows = versions(Layout(root).models)
     if not rows:
-        typer.echo(f"{Layout(root).models}: no champion yet; run `graft retrain`")
+        typer.echo(f"{Layout(root).models}: no champion yet; run `graft promote` (after "
+                   "`dvc repro`) or `graft retrain`")
     for r in rows:
         typer.echo(f"{'*' if r['status'] == 'champion' else ' '} {r['version']}  "
                    f"{r['created']}  accuracy {100 * r['accuracy']:.1f}%  "
@@ -181,15 +261,34 @@ def rollback(
 
 
 @app.command()
+def promote(root: Root = Path(".")) -> None:
+    """Gate the exported model against the champion and promote it if it passes (the first
+    champion of a project comes this way, after `dvc repro`)."""
+    from graft.lifecycle.retrain import promote_workspace
+
+    with _user_errors():
+        result = promote_workspace(Layout(root))
+    for reason in result["reasons"]:
+        typer.echo(f"  {reason}")
+    if not result["promote"]:
+        typer.secho(f"error: {Layout(root).model}: not promoted; the champion "
+                    f"{result['champion_version']} stays (the gate's reasons above)",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"champion is now {result['promoted_version']}")
+
+
+@app.command()
 def bundle(
     root: Root = Path("."),
     out: Annotated[Path | None, typer.Option(help="Bundle folder; default ROOT/bundle.")] = None,
 ) -> None:
-    """Pack the exported models, labels.json and a standalone predict.py into a folder + .zip."""
-    from graft.deploy.bundle import build_bundle
+    """Pack the champion's models, labels.json and a standalone predict.py into a folder + .zip
+    (only a new folder, or one an earlier bundle made)."""
+    from graft.lifecycle.ship import bundle_champion
 
     with _user_errors():
-        result = build_bundle(Layout(root), out)
+        result = bundle_champion(Layout(root), out)
     typer.echo(json.dumps(result, indent=2))
 
 

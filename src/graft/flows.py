@@ -31,16 +31,7 @@ from graft.core.layout import STAGES, Layout  # noqa: E402
 from graft.lifecycle import registry  # noqa: E402
 from graft.lifecycle import retrain as steps  # noqa: E402
 from graft.lifecycle.report import commit_message, table_rows  # noqa: E402
-from graft.stages import check_params, runner  # noqa: E402
-
-
-def run_stage(stage: str, root: str | Path = ".", params_path: str | Path | None = None) -> dict:
-    """Run one stage in-process, without Prefect: load and check params, call its run()."""
-    layout = Layout(Path(root))
-    path = params_path or layout.params
-    params = load_params(path)
-    check_params(params, str(path))
-    return runner(stage)(params, layout)
+from graft.stages import run_stage  # noqa: E402
 
 
 def _stage_flow(stage: str) -> Flow:
@@ -124,16 +115,18 @@ def retrain(root: str = ".", source: str | None = None,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Retrain on new data and promote the challenger only if it beats the champion.
 
-    source: a new ingest.path; overrides: {"section.key": value} written into params.yaml."""
+    source: a new ingest.path; overrides: {"section.key": value}, this run's only: params.yaml
+    holds them while the run does (DVC reads them there), then is the user's own file again."""
     layout = Layout(Path(root).resolve())
     root = str(layout.root)
     logger = get_run_logger()
     timeout = load_params(layout.params).retrain.lock_timeout
-    with registry.lock(layout.models, timeout):
+    with registry.lock(layout.models, timeout), \
+            steps.run_params(layout, source, overrides) as run_overrides:
         result: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
-                                  "recovered": registry.recover(layout.models)}
+                                  "recovered": registry.recover(layout.models),
+                                  "overrides": run_overrides}
         layout.retrain_log("dvc").unlink(missing_ok=True)  # this run's log only
-        steps.apply_overrides(layout, source, overrides)
         ingest(root)
         result["change"] = detect_change(root)
         if not result["change"]["changed"]:

@@ -53,8 +53,11 @@ def test_dvc_repro_runs_seven_stages_then_only_what_changed(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     assert ran_stages(sh([dvc, "repro"], root, env)) == {"finetune", "evaluate", "export"}
 
-    assert "accuracy" in sh([dvc, "metrics", "show"], root, env)
+    shown = sh([dvc, "metrics", "show"], root, env)  # the headline files only, readable
+    assert "metrics/scores.json" in shown and "metrics/onnx.json" in shown
+    assert "accuracy" in shown and max(map(len, shown.splitlines())) <= 100, shown
     sh([dvc, "plots", "show", "--out", str(root / "plots-html")], root, env)
+    assert (root / "plots/training.png").stat().st_size > 1000
 
     # New images: the features store computes embeddings for new content alone.
     before = set(read_manifest(root / "data/prepared/manifest.csv")["sha256"])
@@ -94,3 +97,10 @@ def test_pipeline_flow_in_ephemeral_mode(tmp_path: Path):
     assert "model accuracy" in out and "baseline small_cnn" in out
     for stage in ("ingest", "validate", "features", "audit", "finetune", "evaluate", "export"):
         assert (root / "metrics" / f"{stage}.json").exists(), stage
+
+
+def test_graft_run_leaves_dvc_lock_current(project):
+    root, _, env = project
+    sh([str(BIN / "graft"), "run"], root, env)
+    status = sh([str(BIN / "dvc"), "status"], root, env)
+    assert "up to date" in status, status  # `graft run` recorded itself in dvc.lock

@@ -4,7 +4,12 @@ tests/unit/deploy/test_bench.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -58,11 +63,62 @@ def test_graft_models_and_graft_rollback_commands(tmp_path) -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["models", "--root", str(tmp_path)])
     assert listed.exit_code == 0
-    assert listed.output.splitlines() == [
-        "* 20260102T000000Z-bb  2026-01-01  accuracy 50.0%  sha256 abababababab",
-        "  20260101T000000Z-a  2026-01-01  accuracy 50.0%  sha256 abababababab"]
+    sha = {name: hashlib.sha256(name.encode()).hexdigest()[:12] for name in ("a", "bb")}
+    assert listed.output.splitlines() == [  # the sha256 the registry took of each model.pt
+        f"* 20260102T000000Z-bb  2026-01-01  accuracy 50.0%  sha256 {sha['bb']}",
+        f"  20260101T000000Z-a  2026-01-01  accuracy 50.0%  sha256 {sha['a']}"]
     back = runner.invoke(app, ["rollback", "20260101T000000Z-a", "--root", str(tmp_path)])
     assert back.exit_code == 0 and "champion is now 20260101T000000Z-a" in back.output
     assert (registry.champion_dir(models) / "model.pt").read_text() == "a"
     bad = runner.invoke(app, ["rollback", "zzz", "--root", str(tmp_path)])
     assert bad.exit_code == 1 and "no version 'zzz'" in bad.output
+
+
+# What a user sees when they get something wrong: one line, no traceback, no Prefect, no torch.
+
+PROBE = """
+import sys
+from graft.cli import app
+try:
+    app(sys.argv[1:])
+finally:
+    heavy = sorted(m for m in ("torch", "prefect", "timm") if m in sys.modules)
+    print("imported:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+def _graft(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("stage", ["finetune", "features"])
+def test_a_typo_in_params_is_one_line_before_prefect_or_torch_load(tmp_path, stage) -> None:
+    (tmp_path / "params.yaml").write_text("finetune:\n  strategy: linear_prob\n")
+    started = time.monotonic()
+    proc = _graft([stage, "--root", str(tmp_path)], tmp_path)
+    seconds = time.monotonic() - started
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert lines[-1] == "imported:"  # neither torch nor prefect: as fast as Python starts
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "linear_prob" in lines[0]
+    assert "params.yaml" in lines[0] and "Traceback" not in proc.stderr
+    assert seconds < 30  # a loose bound for a loaded CI box; the import check is the real one
+
+
+def test_a_missing_params_file_names_it(tmp_path) -> None:
+    proc = _graft(["validate", "--root", str(tmp_path / "nowhere")], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == (
+        f"error: {tmp_path / 'nowhere' / 'params.yaml'}: params file not found")
+
+
+def test_version_and_plain_help() -> None:
+    from graft.core import VERSION
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).output == f"graft {VERSION}\n"
+    help_text = runner.invoke(app, ["bench", "--help"]).output
+    assert "--train " in help_text and "<bool>" not in help_text and "╭" not in help_text
+    assert "--verbose" in runner.invoke(app, ["--help"]).output

@@ -19,9 +19,14 @@ if TYPE_CHECKING:
 
 
 def pick_device() -> torch.device:
+    """CUDA when torch sees a GPU (under torchrun: GPU LOCAL_RANK, one per process), else the
+    CPU."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = os.environ.get("LOCAL_RANK")  # set by torchrun (graft.core.distributed)
+    return torch.device("cuda", int(local)) if local is not None else torch.device("cuda")
 
 
 def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:

@@ -175,8 +175,11 @@ def _check(r: Any, key: str) -> Check:
     return check
 
 
-def quarantine_rows(files: pd.DataFrame, checks: list[Check], v: ValidateParams) -> list[list[str]]:
-    """path, rule, problem for each offending file, the problem in words."""
+def quarantine_rows(files: pd.DataFrame, checks: list[Check], v: ValidateParams,
+                    origins: dict[str, str] | None = None) -> list[list[str]]:
+    """path, rule, problem, origin for each offending file: the problem in words, the origin
+    the user's own file it was copied from (graft.data.manifest.read_origins; '' unknown)."""
+    origins = origins or {}
     by_path = files.drop_duplicates("path").set_index("path")
     rows = []
     for check in checks:
@@ -192,7 +195,7 @@ def quarantine_rows(files: pd.DataFrame, checks: list[Check], v: ValidateParams)
                                f"{', '.join([*SPLITS, UNLABELED])}",
                 "unlabeled_without_label": f"label {row['label']!r} on an unlabelled image",
             }.get(check.rule, check.rule)
-            rows.append([path, check.rule, problem])
+            rows.append([path, check.rule, problem, origins.get(path, "")])
     return rows
 
 
@@ -201,8 +204,9 @@ def failure_message(layout: Layout, failed: list[Check], quarantine: list[list[s
              f"{layout.report('validate.json')} and {layout.report('quarantine.csv')}"]
     for check in failed:
         if check.files:
-            problems = [f"{layout.prepared / path} ({problem})"
-                        for path, rule, problem in quarantine if rule == check.rule]
+            problems = [f"{origin} ({problem}), copied as {layout.prepared / path}" if origin
+                        else f"{layout.prepared / path} ({problem})"
+                        for path, rule, problem, origin in quarantine if rule == check.rule]
             more = len(problems) - SHOW_FILES
             tail = f"; and {more} more" if more > 0 else ""
             lines.append(f"  {check.rule}: {len(problems)} file(s): "

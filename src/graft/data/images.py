@@ -7,8 +7,10 @@ input. Nothing else in Graft opens an image file.
 
 from __future__ import annotations
 
+import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ class ImageError(ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = str(path)
         self.problem = problem
+
+    def __reduce__(self) -> tuple:  # picklable: it crosses processes (Dask workers, torchrun)
+        return type(self), (self.path, self.problem)
 
 
 def probe(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, str]:
@@ -51,9 +56,12 @@ def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 def _open(path: Path | str, max_pixels: int) -> Image.Image:
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise ImageError(path, f"cannot read file ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block the decoder forever
+        raise ImageError(path, "not a regular file")
+    size = info.st_size
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     try:
@@ -150,3 +158,19 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", cls.resize))
+
+
+def decoded_batches(paths: Sequence[Path | str], pre: Preprocessing, batch_size: int,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[np.ndarray]:
+    """`paths` decoded and normalised in batches (float32 (≤batch_size, 3, S, S)), in order; the
+    next batch is decoded in a thread while the caller works on this one."""
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(pre.load, batches[0], max_pixels)
+        for i in range(len(batches)):
+            x = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(pre.load, batches[i + 1], max_pixels)
+            yield x

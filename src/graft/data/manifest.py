@@ -24,16 +24,39 @@ class ManifestError(ValueError):
 
 
 def read_manifest(path: Path | str) -> pd.DataFrame:
-    """Read manifest.csv; `path` column stays relative to the manifest's folder."""
+    """Read manifest.csv; `path` column stays relative to the manifest's folder, and no row may
+    leave it (a hand-edited or pulled manifest must not make a stage read /etc/shadow)."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found; run the ingest stage first")
-    df = pd.read_csv(path, dtype={"path": str, "label": str, "split": str, "sha256": str,
-                                  "mode": str, "origin": str}, keep_default_na=False)
+    if not path.is_file():
+        raise ManifestError(f"{path}: not a regular file")
+    try:
+        df = pd.read_csv(path, dtype={"path": str, "label": str, "split": str, "sha256": str,
+                                      "mode": str, "origin": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not a readable manifest ({str(exc)[:200]})") from None
     missing = [c for c in COLUMNS if c not in df.columns and c not in OPTIONAL]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
+    escaping = [p for p in df["path"] if Path(p).is_absolute() or ".." in Path(p).parts]
+    if escaping:
+        raise ManifestError(f"{path}: {len(escaping)} path(s) leave {path.parent} (first "
+                            f"{escaping[0]!r}); run the ingest stage again")
     return _with_optional(df)
+
+
+def read_origins(path: Path | str) -> dict[str, str]:
+    """data/prepared/origins.csv: manifest path → the user's own file it was copied from
+    (empty when there is none: manifests written by hand or by older versions)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return dict(zip(df["path"], df["origin"], strict=True))
+    except (ValueError, KeyError, UnicodeDecodeError):  # only for messages: never fatal
+        return {}
 
 
 def write_manifest(path: Path | str, df: pd.DataFrame) -> None:

@@ -12,9 +12,9 @@ here: a file that does not decode is still listed (mode "unreadable") so validat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
-import tempfile
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,9 +26,9 @@ import pandas as pd
 from PIL import Image
 
 from graft.core.config import IngestParams
-from graft.core.files import sha256_file
+from graft.core.files import output_error, sha256_file, shown, temp_dir, write_csv
 from graft.core.layout import Layout
-from graft.data.images import ImageError, probe
+from graft.data.images import ImageError, probe, read_image
 from graft.data.manifest import COLUMNS, SPLITS, UNLABELED, write_manifest
 from graft.data.sources import Candidate, Found, IngestError, find, from_unlabeled
 
@@ -48,8 +48,26 @@ class Prepared:
 
 def prepare(p: IngestParams, layout: Layout) -> Prepared:
     """Find the candidates of `p.source` (and `p.unlabeled_path`), de-duplicate, split, and
-    write data/prepared."""
-    found = find(p.source, layout.root / p.path)  # relative to the project root, as in dvc.yaml
+    write data/prepared.
+
+    Nothing is copied while any entry is refused: every refused entry is named in one
+    IngestError (with the files that would not decode, which validate would name next)."""
+    source = layout.root / p.path  # relative to the project root, as in dvc.yaml
+    root = layout.root / p.root if p.root is not None else None
+    unlabeled = layout.root / p.unlabeled_path if p.unlabeled_path is not None else None
+    for path, key in ((source, "ingest.path"), (root, "ingest.root"),
+                      (unlabeled, "ingest.unlabeled_path")):
+        inside = layout.output_containing(path) if path is not None else None
+        if inside is not None:  # ingest would read what it is about to replace
+            raise IngestError(f"{path}: {key} lies inside {inside}, which Graft writes; "
+                              "refused (point it at your own data)")
+    found = find(p.source, source, root)
+    for cand in found.candidates:
+        inside = layout.output_containing(cand.file) if cand.file is not None else None
+        if inside is not None:
+            found.refuse(cand.file, f"lies inside {inside}, which Graft writes (refused)")
+    if found.refused:
+        raise IngestError(refusal_message(source, found))
     kept, duplicates, conflicts = deduplicate(found.candidates)
     splits = assign_splits(kept, p)
     chosen = [(c, s) for c, s in zip(kept, splits, strict=True) if s is not None]
@@ -72,6 +90,8 @@ def find_unlabeled(p: IngestParams, layout: Layout, labelled: Found
         raise IngestError(f"{root}: ingest.unlabeled_path overlaps the labelled folder {data}; "
                           "its images would be read twice: keep the two folders apart")
     found = from_unlabeled(root)
+    if found.refused:
+        raise IngestError(refusal_message(root, found))
     labels = {c.key: c for c in labelled.candidates}
     kept: dict[str, Candidate] = {}
     copies = []
@@ -86,6 +106,25 @@ def find_unlabeled(p: IngestParams, layout: Layout, labelled: Found
             kept[cand.key] = cand
     labelled.ignored += found.ignored
     return list(kept.values()), copies
+
+
+def refusal_message(source: Path, found: Found) -> str:
+    """Every refused entry, one line each, then the files that would not decode."""
+    lines = [f"{shown(source)}: ingest refused {len(found.refused)} entr"
+             f"{'y' if len(found.refused) == 1 else 'ies'}; nothing was copied. Fix them all, "
+             "then run ingest again:"]
+    lines += [f"  {r['path']}: {r['reason']}" for r in found.refused]
+    broken = []
+    for cand in found.candidates:
+        if cand.file is not None and shown(cand.file) not in {r["path"] for r in found.refused}:
+            try:
+                read_image(cand.file)
+            except ImageError as exc:
+                broken.append(f"  {shown(cand.file)}: {exc.problem} (validate rule decodes)")
+    if broken:
+        lines += [f"and {len(broken)} file(s) that do not decode, which validate would stop "
+                  "on next:", *broken]
+    return "\n".join(lines)
 
 
 def deduplicate(candidates: Sequence[Candidate]) -> tuple[list[Candidate], list[dict], list[dict]]:
@@ -115,9 +154,10 @@ def assign_splits(candidates: Sequence[Candidate], p: IngestParams) -> list[str 
 
     test: the source's own test set if it has one, else `test_fraction` of each class; then
     capped at `test_size` images in proportion to class sizes. val: the source's own val rows if
-    any, else `val_per_class` per class. train: `shots_per_class` of what remains. Each draw
-    uses its own generator seeded by (seed, purpose, label), so raising shots_per_class only adds
-    images, and test/val never depend on shots_per_class or on the other classes."""
+    any, else `val_per_class` per class but at most `val_fraction` of what test left. train:
+    `shots_per_class` of what remains. Each draw uses its own generator seeded by (seed,
+    purpose, label), so raising shots_per_class only adds images, and test/val never depend on
+    shots_per_class or on the other classes."""
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, cand in enumerate(candidates):
         by_label[cand.label].append(i)
@@ -144,7 +184,8 @@ def assign_splits(candidates: Sequence[Candidate], p: IngestParams) -> list[str 
             rest = free[label]
         else:
             shuffled = _shuffle(free[label], p.seed, "val", label)
-            val, rest = shuffled[: p.val_per_class], shuffled[p.val_per_class:]
+            k = min(p.val_per_class, _test_count(len(shuffled), p.val_fraction))
+            val, rest = shuffled[:k], shuffled[k:]
         train = _shuffle(sorted(rest + [i for i in idx if fixed[i] == "train"]),
                          p.seed, "train", label)
         if p.shots_per_class is not None:
@@ -165,7 +206,7 @@ def _shuffle(items: Sequence[int], seed: int, purpose: str, label: str) -> list[
 
 
 def _test_count(n: int, fraction: float) -> int:
-    """Images per class held out for test: at least one, and never the whole class."""
+    """Images of a class held out (for test, or val): at least one, never the whole class."""
     if n < 2 or fraction <= 0:
         return 0
     return min(max(1, round(n * fraction)), n - 1)
@@ -189,13 +230,20 @@ def write_prepared(layout: Layout, chosen: list[tuple[Candidate, str]]) -> pd.Da
     """Build the new data/prepared beside the old one, then swap it in by renames."""
     final = layout.prepared
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+    tmp = temp_dir(final)  # pid-tagged: the next run cleans it if this one is killed
     try:
         used: set[str] = set()
         rows = [_write_one(tmp, cand, split, used) for cand, split in chosen]
         manifest = pd.DataFrame(rows, columns=list(COLUMNS))
         write_manifest(tmp / layout.manifest.relative_to(final), manifest)
+        # the user's own path of each copy, for messages and the quarantine list
+        write_csv(tmp / layout.origins.relative_to(final), ["path", "origin"],
+                  [[row[0], shown(cand.file) if cand.file is not None else cand.origin]
+                   for row, (cand, _) in zip(rows, chosen, strict=True)])
         _swap_in(tmp, final)
+    except OSError as exc:  # a full disk: the previous data/prepared is still whole
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(final, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -232,6 +280,9 @@ def _unique_name(cand: Candidate, used: set[str]) -> str:
         folder = cand.label.replace("/", "_").replace("\\", "_").replace("\0", "_")
         if folder in ("", ".", ".."):
             folder = f"_{folder}"
+        if len(folder.encode()) > MAX_STEM_BYTES:  # a label may be longer than a name can be
+            digest = hashlib.sha256(cand.label.encode()).hexdigest()[:12]
+            folder = f"{folder.encode()[:MAX_STEM_BYTES].decode(errors='ignore')}_{digest}"
         folder, name = f"images/{folder}", Path(cand.name)
     stem = name.stem.encode()[:MAX_STEM_BYTES].decode(errors="ignore")
     rel = f"{folder}/{stem}{name.suffix}"
@@ -245,7 +296,7 @@ def _swap_in(new: Path, final: Path) -> None:
     """Replace `final` by `new`; until the last rename the previous folder stays whole."""
     old = None
     if final.exists() or final.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old = temp_dir(final)
         os.rename(final, old / final.name)
     os.rename(new, final)
     if old is not None:

@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +24,14 @@ import torch
 
 from graft.core import VERSION
 from graft.core.device import amp_dtype, physical_cores, to_device, to_input
+from graft.core.files import sha256_file
 from graft.core.layout import Layout
+from graft.core.progress import Progress
 from graft.data.manifest import absolute_paths, read_manifest
 from graft.deploy.onnx_model import OnnxClassifier, available_providers
-from graft.models.checkpoint import load_checkpoint
+from graft.deploy.publish import check_set, set_files
+from graft.deploy.roofline import cpu_peak, graph_gflops
+from graft.models.checkpoint import deployed_checkpoint, load_checkpoint
 
 Runner = Callable[[np.ndarray], Any]  # float32 (N, 3, S, S) → anything; returns when done
 
@@ -67,31 +72,50 @@ def bench_inference(layout: Layout, batch_size: int = 32, seconds: float = 10.0,
     """Every runtime that can run here, on real test images of the project's manifest."""
     if not layout.onnx.exists():
         raise BenchError(f"{layout.onnx}: not found; run the export stage first")
+    # every row must time the same network: one export's set, from the checkpoint beside it
+    source = deployed_checkpoint(layout)
+    check_set(set_files(layout.models), sha256_file(source))
     threads = threads or physical_cores()
     torch.set_num_threads(threads)
     fp32 = OnnxClassifier(layout.onnx, providers=["CPUExecutionProvider"], threads=threads)
     x = _sample(layout, fp32.preprocessing, batch_size)
-    runners, skipped = _runners(layout, threads)
+    runners, skipped = _runners(layout, source, threads)
     load_before = round(os.getloadavg()[0], 2)
-    rows = [measure(name, run, x, seconds, warmup, min_iters) for name, run in runners.items()]
+    rows = []
+    with Progress("bench", len(runners), "runtime") as bar:
+        for name, run in runners.items():
+            rows.append(measure(name, run, x, seconds, warmup, min_iters))
+            bar.update(last=f"{name} {rows[-1]['images_per_s']} img/s")
     base = {r["runtime"]: r["images_per_s"] for r in rows}
     eager, ort32 = base.get("torch eager fp32 (CPU)"), base.get("onnxruntime fp32 (CPU)")
     ratios = {}
     if eager and ort32:
         ratios["onnxruntime_fp32_vs_torch_eager"] = round(ort32 / eager, 2)
+    for name in ("fp32", "int8"):
+        ort, ov = base.get(f"onnxruntime {name} (CPU)"), base.get(f"openvino {name} (CPU)")
+        if ort and ov:
+            ratios[f"openvino_{name}_vs_onnxruntime_{name}"] = round(ov / ort, 2)
     if ort32 and base.get("onnxruntime int8 (CPU)"):
         ratios["onnxruntime_int8_vs_fp32"] = round(base["onnxruntime int8 (CPU)"] / ort32, 2)
-    return {"rows": rows, "ratios": ratios, "skipped": skipped, "threads": threads,
+    roofline = None
+    if ort32:
+        gflop, peak = graph_gflops(layout.onnx), cpu_peak()
+        roofline = {"gflop_per_image": round(gflop, 4), "peak": peak,
+                    "fp32_gflops": round(ort32 * gflop, 1),
+                    "fp32_percent_of_peak": round(100 * ort32 * gflop / peak["gflops"], 1)}
+    return {"rows": rows, "ratios": ratios, "roofline": roofline, "skipped": skipped,
+            "threads": threads,
             "image_size": fp32.preprocessing.size, "backbone": fp32.metadata["backbone"],
             "machine": machine(load_before),
             "settings": {"seconds": seconds, "warmup": warmup, "min_iters": min_iters}}
 
 
-def _runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str, str]]:
+def _runners(layout: Layout, source: Path, threads: int
+             ) -> tuple[dict[str, Runner], dict[str, str]]:
     """name → runner for every runtime available here; name → reason for the others."""
     runners: dict[str, Runner] = {}
     skipped: dict[str, str] = {}
-    model, _ = load_checkpoint(layout.model)
+    model, _ = load_checkpoint(source)
 
     def eager(xb: np.ndarray) -> Any:
         with torch.inference_mode():
@@ -104,6 +128,9 @@ def _runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str,
             runners[f"onnxruntime {name} (CPU)"] = session.logits
         else:
             skipped[f"onnxruntime {name} (CPU)"] = f"{path} not found (export.{name}: false?)"
+    runners_ov, skipped_ov = _openvino_runners(layout, threads)
+    runners |= runners_ov
+    skipped |= skipped_ov
     gpu_rows = ("torch AMP channels_last (CUDA)", "onnxruntime fp32 (CUDA)",
                 "onnxruntime fp16 (CUDA)", "onnxruntime fp32 (TensorRT)")
     if not torch.cuda.is_available():
@@ -121,6 +148,25 @@ def _runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str,
         else:
             runners[row] = OnnxClassifier(path, providers=[provider, "CPUExecutionProvider"]).logits
     return runners, skipped
+
+
+def _openvino_runners(layout: Layout, threads: int) -> tuple[dict[str, Runner], dict[str, str]]:
+    """The same .onnx files in OpenVINO on the CPU (f32 maths, as onnxruntime's: its default
+    on CPUs with bf16 units would be bf16, another model), when the `openvino` extra is in."""
+    names = {"fp32": layout.onnx, "int8": layout.onnx_int8}
+    try:
+        import openvino as ov
+    except ImportError:
+        why = "openvino is not installed (pip install -e '.[openvino]')"
+        return {}, {f"openvino {name} (CPU)": why for name in names}
+    core, runners = ov.Core(), {}
+    for name, path in names.items():
+        if path.exists():
+            compiled = core.compile_model(str(path), "CPU", {
+                "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+            request = compiled.create_infer_request()
+            runners[f"openvino {name} (CPU)"] = lambda xb, r=request: r.infer({0: xb})[0]
+    return runners, {}
 
 
 def _torch_cuda(model: torch.nn.Module) -> Runner:

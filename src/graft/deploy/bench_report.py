@@ -17,6 +17,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {r['runtime']} | {r['p50_ms_batch1']} | {r['p95_ms_batch1']} | "
               f"{r['images_per_s']} |" for r in report["rows"]]
     lines += [""] + [f"{k}: {v}×" for k, v in report["ratios"].items()]
+    roof = report.get("roofline")
+    if roof:
+        lines.append(f"onnxruntime fp32: {roof['fp32_gflops']} GFLOP/s "
+                     f"({roof['gflop_per_image']} GFLOP/image) = "
+                     f"{roof['fp32_percent_of_peak']}% of this CPU's fp32 peak of "
+                     f"{roof['peak']['gflops']} GFLOP/s = {roof['peak']['how']}")
     lines += [f"skipped {k}: {v}" for k, v in report["skipped"].items()]
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """`graft bench --train`: fine-tuning speed in images/s, through the finetune stage's own step.
 
 Each row times full training steps (uint8 batch already on the device → normalise → forward,
-backward, AdamW: `training.train_step`) for one (precision, memory format) pair: fp32 and AMP
+backward, AdamW: `step.train_step`) for one (precision, memory format) pair: fp32 and AMP
 (bf16, or fp16 with loss scaling, CUDA only), NCHW and channels_last. Synthetic uint8 images:
 speed does not depend on the pixels. Warm-up steps (cudnn autotuning included) are not timed.
 """
@@ -19,7 +19,7 @@ from torch import nn
 from graft.core.device import amp_dtype, pick_device
 from graft.deploy.bench import machine, time_runs
 from graft.models.backbones import create_model, get_spec
-from graft.strategies.training import Step, train_step
+from graft.strategies.step import Step, train_step
 
 
 def bench_train(backbone: str = "efficientnet_lite0", size: int = 224, batch_size: int = 32,

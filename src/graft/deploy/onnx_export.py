@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
+import uuid
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from graft.core import VERSION
 from graft.core.files import sha256_file
 from graft.data.images import Preprocessing
 from graft.deploy.onnx_model import encode_metadata
+from graft.models.onnx_graph import GraphError, export_graph
 
 
 class ExportError(ValueError):
@@ -35,32 +35,18 @@ def to_onnx(
     output_name: str = "logits",
     metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Write `model` (eval mode, CPU) as ONNX: input `image` float32 (N, 3, S, S) with a dynamic
-    batch axis; graft.* metadata_props attached; checked with onnx.checker. Writes `path` in
-    place: callers that publish wrap it in atomic_output."""
+    """Write `model` (graft.models.onnx_graph.export_graph) with graft.* metadata_props
+    attached, in place: callers that publish wrap it in a temporary path."""
     import onnx  # heavy import, kept out of module import time
 
-    model = model.eval().cpu()
-    dummy = torch.zeros(2, 3, image_size, image_size)  # batch 2: nothing specialises to N=1
-    with warnings.catch_warnings():
-        # The TorchScript exporter warns that it is legacy; the dynamo exporter it points to
-        # needs onnxscript, which Graft does not depend on.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model, (dummy,), str(path), dynamo=False, opset_version=opset,
-            input_names=["image"], output_names=[output_name],
-            dynamic_axes={"image": {0: "batch"}, output_name: {0: "batch"}},
-            do_constant_folding=True,
-        )
-    proto = onnx.load(str(path))
+    try:
+        proto = export_graph(model, path, image_size, opset, output_name)
+    except GraphError as exc:
+        raise ExportError(str(exc)) from None
     for key, value in encode_metadata(metadata or {}).items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "graft"
     proto.producer_version = VERSION
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"{path}: exported model fails onnx.checker: {exc}") from None
     onnx.save(proto, str(path))
 
 
@@ -82,14 +68,9 @@ def metadata(meta: dict[str, Any], model_path: Path, n_test: int) -> dict[str, A
         "deployed": deployed_kind(meta),
         "params_sha256": hashlib.sha256(training.encode()).hexdigest(),  # finetune params
         "source_sha256": sha256_file(model_path),  # which model.pt this file came from
+        "export_id": uuid.uuid4().hex,  # one per export: a set's files share it (deploy.publish)
         "n_test": n_test,
     }
-
-
-def _deployed(meta: dict[str, Any]) -> str:
-    """'baseline' for a from-scratch baseline network, 'model' for the transferred one."""
-    network = meta.get("network") or {}
-    return "baseline" if network.get("kind") == "baseline" else "model"
 
 
 def deployed_kind(meta: dict[str, Any]) -> str:

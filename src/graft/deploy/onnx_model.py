@@ -14,15 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from graft.core.device import physical_cores
 from graft.data.images import DEFAULT_MAX_PIXELS, ImageError, Preprocessing, read_image
+from graft.models.onnx_graph import GraphError, available_providers, create_session
 
 PREFIX = "graft."
 # Stored as JSON text (lists, numbers); the other keys are plain strings, readable in Netron.
 JSON_KEYS = frozenset({"class_names", "mean", "std", "input_size"})
 REQUIRED_KEYS = ("class_names", "mean", "std", "input_size", "resize", "backbone", "version")
-# Fastest first; onnxruntime falls back along the list for nodes a provider cannot run.
-PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+MAX_INPUT_SIZE = 4096  # pixels; one 4096² float32 image is already 200 MB
+
+
+__all__ = ["GraphError", "OnnxClassifier", "OnnxModelError", "available_providers",
+           "create_session", "read_metadata", "softmax"]
 
 
 class OnnxModelError(ValueError):
@@ -66,7 +69,55 @@ def decode_metadata(props: dict[str, str], path: Path | str) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in values]
     if missing:
         raise OnnxModelError(f"{path}: Graft metadata incomplete, missing {', '.join(missing)}")
+    problem = _metadata_problem(values)
+    if problem:
+        raise OnnxModelError(f"{path}: metadata {problem}")
     return values
+
+
+def _metadata_problem(values: dict[str, Any]) -> str | None:
+    """What is wrong with the decoded metadata's values, in words, or None."""
+    names, size = values["class_names"], values["input_size"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return f"graft.class_names must be a non-empty list of strings, got {_short(names)}"
+    for key in ("mean", "std"):
+        v = values[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x)
+                for x in v)):
+            return f"graft.{key} must be three finite numbers (R, G, B), got {_short(v)}"
+    if any(x <= 0 for x in values["std"]):
+        return f"graft.std must be > 0 in every channel, got {values['std']} (a division by it)"
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_INPUT_SIZE:
+        return f"graft.input_size must be an integer in [1, {MAX_INPUT_SIZE}], got {_short(size)}"
+    return None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_graph(session: Any, meta: dict[str, Any], path: Path | str) -> None:
+    """The graph's input (N, 3, S, S) and output (N, n_classes) agree with the metadata where
+    the graph states a size; OnnxModelError naming the file otherwise."""
+    size, n = meta["input_size"], len(meta["class_names"])
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise OnnxModelError(f"{path}: expected one image input and a logits output, found "
+                             f"{len(inputs)} input(s), {len(outputs)} output(s)")
+    shape_in, shape_out = list(inputs[0].shape), list(outputs[0].shape)
+    if len(shape_in) != 4 or not _fits(shape_in[1:], [3, size, size]):
+        raise OnnxModelError(f"{path}: graph input {inputs[0].name} has shape {shape_in}, but "
+                             f"the metadata says (N, 3, {size}, {size}) (graft.input_size)")
+    if len(shape_out) != 2 or not _fits(shape_out[1:], [n]):
+        raise OnnxModelError(f"{path}: graph output {outputs[0].name} has shape {shape_out}, "
+                             f"but the metadata names {n} classes (graft.class_names)")
+
+
+def _fits(dims: list[Any], expected: list[int]) -> bool:
+    """Each static dim equals the expected one (named or unknown dims fit anything)."""
+    return all(not isinstance(d, int) or d == e for d, e in zip(dims, expected, strict=True))
 
 
 def read_metadata(path: Path | str) -> dict[str, Any]:
@@ -95,36 +146,6 @@ def preprocessing_from_metadata(meta: dict[str, Any], path: Path | str) -> Prepr
     )
 
 
-def available_providers(prefer_gpu: bool = True) -> list[str]:
-    """Execution providers to request, best first: TensorRT and CUDA only where this
-    onnxruntime build lists them (requesting an unlisted one fails), always CPU last."""
-    import onnxruntime as ort
-
-    listed = set(ort.get_available_providers())
-    gpu = [p for p in PROVIDER_PREFERENCE if prefer_gpu and p in listed]
-    return [*gpu, "CPUExecutionProvider"]
-
-
-def create_session(
-    path: Path | str, providers: Sequence[str] | None = None, threads: int | None = None
-) -> Any:
-    """An onnxruntime InferenceSession with all graph optimisations on and `threads` intra-op
-    threads (default: the physical cores)."""
-    import onnxruntime as ort
-
-    path = _existing(path)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or physical_cores()
-    options.inter_op_num_threads = 1  # a CNN is one chain of ops: nothing to run in parallel
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=list(providers or available_providers())
-        )
-    except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf types
-        raise OnnxModelError(f"{path}: onnxruntime cannot load it ({exc})") from None
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64, shifted by the row maximum so exp() cannot overflow."""
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
@@ -144,6 +165,7 @@ class OnnxClassifier:
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.preprocessing = preprocessing_from_metadata(self.metadata, self.path)
         self.session = create_session(self.path, providers, threads)
+        check_graph(self.session, self.metadata, self.path)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -158,6 +180,9 @@ class OnnxClassifier:
             for i in range(0, len(x), batch_size)
         ]
         n_classes = len(self.class_names)
+        if outputs and outputs[0].shape[1:] != (n_classes,):  # a dynamic output dim: checked now
+            raise OnnxModelError(f"{self.path}: the graph outputs {outputs[0].shape[1:]} "
+                                 f"logits per image, the metadata names {n_classes} classes")
         return np.concatenate(outputs) if outputs else np.zeros((0, n_classes), np.float32)
 
     def predict_files(

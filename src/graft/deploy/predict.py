@@ -1,7 +1,10 @@
-"""`graft predict MODEL.onnx PATH...`: classify image files with an exported model.
+"""`graft predict PATH... [--model MODEL.onnx]`: classify image files with an exported model
+(by default the champion's, chosen by graft.lifecycle.ship).
 
-Needs only the .onnx file (class names and preprocessing travel in its metadata). A file that
-cannot be decoded is reported and skipped, and the exit code says that something was skipped.
+Needs only the .onnx file (class names and preprocessing travel in its metadata); a file of an
+export's set (model.onnx, model.int8.onnx, model.fp16.onnx) is used only if its set is whole. A
+file that cannot be decoded is reported and skipped, and the exit code says that something was
+skipped.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from graft.core.layout import ONNX_FILES
 from graft.data.images import IMAGE_SUFFIXES
 from graft.deploy.onnx_model import OnnxClassifier
+from graft.deploy.publish import check_set, set_files
 
 Format = Literal["table", "csv", "json"]
 FORMATS = ("table", "csv", "json")
@@ -38,6 +43,8 @@ def collect_inputs(paths: Sequence[Path | str]) -> list[Path]:
                                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
         elif path.is_file():
             found.append(path)
+        elif path.exists():  # a FIFO or a device: reading it could block forever
+            raise PredictError(f"{path}: not a regular file or folder")
         else:
             raise PredictError(f"{path}: no such file or folder")
     return list(dict.fromkeys(found))  # a file named twice is predicted once, first place kept
@@ -54,6 +61,9 @@ def predict(
     files = collect_inputs(paths)
     if not files:
         raise PredictError(f"no image files in {', '.join(str(p) for p in paths)}")
+    model_path = Path(model_path)
+    if model_path.name in ONNX_FILES.values():  # one of an export's set: never a mixed one
+        check_set(set_files(model_path.parent))
     model = OnnxClassifier(model_path)
     return model.predict_files(files, batch_size=batch_size, top_k=top_k)
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from graft.core.progress import Progress
+
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -37,10 +39,15 @@ class _ArrayReader:
             [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
         )
         self._input_name = input_name
+        self._bar = Progress("export: INT8 calibration", len(x), "img").__enter__()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {self._input_name: np.ascontiguousarray(batch)}
+        if batch is None:
+            self._bar.close()  # the ranges are computed after the last batch (silently)
+            return None
+        self._bar.update(len(batch))
+        return {self._input_name: np.ascontiguousarray(batch)}
 
     def rewind(self) -> None:  # part of the protocol; one pass is all static quantisation needs
         raise NotImplementedError("calibration data is read once")
@@ -98,6 +105,8 @@ def quantize_int8(
                 calibrate_method=methods[method],
                 nodes_to_exclude=head,
                 calibration_providers=["CPUExecutionProvider"],
+                # minmax merges ranges every 16 batches instead of holding every activation
+                extra_options={"CalibMaxIntermediateOutputs": 16},
             )
     return {"calibration": method, "n_calibration_images": int(len(calibration)),
             "per_channel": per_channel, "reduce_range": reduce_range, "float_nodes": head,

@@ -14,31 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from graft.core.config import FeaturesParams, Params
+from graft.core.config import Params
 from graft.core.files import atomic_output
 from graft.core.layout import Layout
+from graft.embeddings.choice import AUTO, check_params  # noqa: F401  (re-exported)
 from graft.embeddings.views import view_keys
-from graft.models.backbones import check_backbone
 
-AUTO = "auto"  # features.backbone: choose among auto_backbones by LogME on the training rows
 VIEW_SPLITS = ("train", "val")  # the rows that get augmented views (features.views)
 
 
 class FeaturesError(ValueError):
     """Cached features that do not cover the manifest, or a backbone choice not made yet."""
 
-
-def check_params(p: FeaturesParams, source: str = "params") -> None:
-    """features.backbone and features.auto_backbones name known backbones (graft.core.config
-    checked every range); raises ConfigError naming the key."""
-    check_backbone(p.backbone, "features.backbone", source, also=(AUTO,))
-    for name in p.auto_backbones:
-        check_backbone(name, "features.auto_backbones", source)
 
 
 def with_backbone(params: Params, backbone: str) -> Params:
@@ -77,16 +70,25 @@ def weights_dir(params: Params, layout: Layout) -> Path:
 
 def store_path(layout: Layout, params: Params) -> Path:
     """The store of the resolved backbone (see resolve_backbone) at features.image_size."""
-    # 'timm:resnet18' → 'timm-resnet18': no ':' in file names (Windows, scp, DVC remotes)
-    stem = resolve_backbone(params, layout).replace(":", "-")
-    return layout.features / f"{stem}-{params.features.image_size}.npz"
+    return store_file(layout, resolve_backbone(params, layout), params.features.image_size)
+
+
+def store_file(layout: Layout, backbone: str, image_size: int) -> Path:
+    """data/features/<backbone>-<size>.npz ('timm:resnet18' → 'timm-resnet18': no ':' in file
+    names, for Windows, scp and DVC remotes)."""
+    return layout.features / f"{backbone.replace(':', '-')}-{image_size}.npz"
 
 
 def read_store(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         return {}
-    with np.load(path, allow_pickle=False) as npz:
-        return dict(zip(npz["sha256"].tolist(), npz["features"], strict=True))
+    try:  # a cache a user may pull or copy: arrays only, never pickled objects
+        with np.load(path, allow_pickle=False) as npz:
+            return dict(zip(npz["sha256"].tolist(), npz["features"], strict=True))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise FeaturesError(f"{path}: not a readable feature store ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}); delete it, then run the features stage "
+                            "again") from None
 
 
 def write_store(path: Path, store: dict[str, np.ndarray]) -> None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from graft.core.config import EvaluateParams
 from graft.core.device import torch_threads
+from graft.core.progress import Progress, track
 from graft.data.manifest import absolute_paths, encode_labels
 from graft.models.scratch import PixelsLinear, SmallCNN, preprocessing
 from graft.strategies.early_stopping import BestEpoch
@@ -101,7 +102,7 @@ def pixels_logreg(train: Split, val: Split, test: Split, k: int, c_grid: Sequenc
 
     if len(val.y) and len(c_grid):
         scored = []
-        for c in sorted(c_grid):
+        for c in track(sorted(c_grid), "evaluate: pixels_logreg baseline", unit="C"):
             model = fit(c)
             scored.append((float((model.predict(_flat(val.x)) == val.y).mean()), -c, model))
         val_acc, neg_c, model = max(scored, key=lambda s: (s[0], s[1]))
@@ -169,22 +170,25 @@ def _train_small_cnn(train: Split, val: Split, test: Split, k: int, epochs: int,
     x_train, y_train = torch.from_numpy(train.x), torch.from_numpy(train.y)
     loss_fn = nn.CrossEntropyLoss()
     best = BestEpoch()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        for batch in torch.randperm(len(y_train), generator=gen).split(batch_size):
-            if len(batch) < 2:
-                continue  # BatchNorm cannot train on a batch of one
-            xb = _augment(x_train[batch], gen).to(device)
-            loss = loss_fn(model(xb), y_train[batch].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        if len(val.y):
-            logits = _predict(model, val.x, batch_size * 4, device)
-            val_acc = float((logits.argmax(1) == val.y).mean())
-            val_loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(val.y)))
-            best.update(epoch, model, val_acc, val_loss)
+    with Progress("evaluate: small_cnn baseline", epochs, "epoch") as bar:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            for batch in torch.randperm(len(y_train), generator=gen).split(batch_size):
+                if len(batch) < 2:
+                    continue  # BatchNorm cannot train on a batch of one
+                xb = _augment(x_train[batch], gen).to(device)
+                loss = loss_fn(model(xb), y_train[batch].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            if len(val.y):
+                logits = _predict(model, val.x, batch_size * 4, device)
+                val_acc = float((logits.argmax(1) == val.y).mean())
+                val_loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(val.y)))
+                best.update(epoch, model, val_acc, val_loss)
+                bar.update(0, val_accuracy=val_acc)
+            bar.update()
     if best.state is not None:  # else (no val split): the last epoch's weights
         model.load_state_dict(best.state)
     logits = torch.from_numpy(_predict(model, test.x, batch_size * 4, device))

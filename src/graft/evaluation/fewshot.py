@@ -45,6 +45,7 @@ from graft.core.config import (
     read_yaml,
 )
 from graft.core.layout import Layout
+from graft.core.progress import format_seconds, say
 from graft.data.manifest import absolute_paths, class_names, encode_labels
 from graft.data.prepare import prepare
 from graft.embeddings.embed import embed_missing
@@ -131,6 +132,9 @@ def run(p: FewshotParams, out: Path, log: bool = True) -> dict:
     layout = Layout(out / p.workdir)
     rows: list[list] = []
     scores: list[list] = []  # transferability scores of each backbone, per episode
+    per_cell = 1 + len([s for s in p.strategies if s != "ensemble"]) * len(p.backbones) + (
+        "ensemble" in p.strategies)  # the baseline row, then one per run
+    total = len(p.datasets) * p.episodes * len(p.shots) * per_cell
     for dataset in p.datasets:
         for episode in range(p.episodes):
             for shots in sorted(p.shots):
@@ -157,8 +161,10 @@ def run(p: FewshotParams, out: Path, log: bool = True) -> dict:
                     acc, secs = _score(params, layout, test, y_test)
                     rows.append([dataset, backbone, strategy, shots, episode, acc, secs])
                     if log:
-                        print(f"{dataset} episode {episode} {shots}-shot {backbone} "
-                              f"{strategy}: {acc:.4f} ({secs:.1f} s)", flush=True)
+                        done = len(rows)  # result rows so far, the baselines' included
+                        say(f"fewshot: {done}/{total} {dataset} episode {episode} {shots}-shot "
+                            f"{backbone} {strategy}: {acc:.4f} ({secs:.1f} s, "
+                            f"{format_seconds(time.perf_counter() - started)} so far)")
     return write_outputs(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), out,
                          time.perf_counter() - started,
                          pd.DataFrame(scores, columns=list(RANK_COLUMNS)))

@@ -22,6 +22,25 @@ def _auc(value: float | None, ci: list[float | None] | None = None) -> str:
     return _fmt(value, ci, percent=False)
 
 
+MIN_TEST_IMAGES = 100  # below this, one image moves accuracy by more than a point
+MIN_VAL_PER_CLASS = 5  # below this, choices made on val (C, epochs, strategy) are near guesses
+
+
+def split_warnings(m: dict[str, Any]) -> list[str]:
+    """Why a figure may mean little: too few test images, too few validation images."""
+    out = []
+    n_test, n_val, k = m["n_test"], m.get("n_val"), len(m["class_names"])
+    if n_test < MIN_TEST_IMAGES:
+        out.append(f"only {n_test} test images: one image moves accuracy by "
+                   f"{100 / n_test:.1f} points, so these figures mean little (add images, or "
+                   "raise ingest.test_fraction)")
+    if n_val is not None and n_val < MIN_VAL_PER_CLASS * k:
+        out.append(f"only {n_val} validation images for {k} classes: what was chosen on them "
+                   "(C, epochs, strategy) is close to a guess (add images, or raise "
+                   "ingest.val_per_class / ingest.val_fraction)")
+    return out
+
+
 def verdict(m: dict[str, Any]) -> str:
     if m["best_baseline"] is None:
         return "no baseline was scored"
@@ -37,6 +56,16 @@ def verdict(m: dict[str, Any]) -> str:
     return f"transfer helped: +{points:.1f} points over the best baseline ({best}){caveat}"
 
 
+def headline(m: dict[str, Any]) -> dict[str, Any]:
+    """metrics/scores.json: the few test figures `dvc metrics show` prints (the full set stays in
+    metrics/evaluate.json), each readable at 100 columns."""
+    out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "roc_auc": m["roc_auc"]}
+    if m["best_baseline"] is not None:
+        out["baseline"] = m["baselines"][m["best_baseline"]]
+        out["gain"] = m["transfer_gain"]
+    return {key: None if value is None else round(value, 4) for key, value in out.items()}
+
+
 def report_markdown(m: dict[str, Any]) -> str:
     """reports/evaluate.md: the model and the baselines with 95% intervals, gain and verdict."""
     lines = [
@@ -45,6 +74,7 @@ def report_markdown(m: dict[str, Any]) -> str:
         f"{m['n_test']} test images, {len(m['class_names'])} classes; "
         "95% bootstrap intervals in brackets.",
         "",
+        *[f"> **Warning:** {w}.\n" for w in split_warnings(m)],
         "| Contender | Accuracy | Macro-F1 | ROC-AUC (OvR) |",
         "|---|---|---|---|",
         f"| transferred model | {_fmt(m['accuracy'], m['accuracy_ci'])} | "
@@ -85,6 +115,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     m = metrics
     lines = [
         f"test images: {m['n_test']}",
+        *[f"WARNING: {w}" for w in split_warnings(m)],
         f"model accuracy {_fmt(m['accuracy'], m['accuracy_ci'])}, "
         f"macro-F1 {_fmt(m['macro_f1'], m['macro_f1_ci'])}, "
         f"ROC-AUC {_auc(m['roc_auc'], m['roc_auc_ci'])}",

@@ -141,9 +141,9 @@ def rank_backbones(params: Params, layout: Layout, backbones: list[str] | None =
     rows = []
     for name in backbones or params.features.auto_backbones:
         t0 = time.perf_counter()
-        store, todo, _, _ = embed_missing(layout, with_backbone(params, name), train)
+        run = embed_missing(layout, with_backbone(params, name), train)
         rows.append({"backbone": name, "image_size": params.features.image_size,
-                     **score(embeddings(store, train), y), "n_computed": int(len(todo)),
+                     **score(embeddings(run.store, train), y), "n_computed": len(run.computed),
                      "seconds": round(time.perf_counter() - t0, 2)})
     rows = best_first(rows)
     by_h = sorted(rows, key=lambda r: -r["h_score"])
@@ -159,6 +159,6 @@ def select_backbone(runs: dict[str, EmbedRun], df: pd.DataFrame, layout: Layout)
     LogME first (the top one is chosen: LogME's order agreed with linear probes where H-score's
     did not, README "graft rank")."""
     train, y = training_rows(df, layout.manifest)
-    ranking = [{"backbone": name, **score(embeddings(store, train), y)}
-               for name, (store, *_) in runs.items()]
+    ranking = [{"backbone": name, **score(embeddings(run.store, train), y)}
+               for name, run in runs.items()]
     return {"method": "logme", "ranking": best_first(ranking)}

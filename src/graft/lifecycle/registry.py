@@ -3,8 +3,9 @@
 A version is a folder (`build_version` names its files; `Version` reads them): model.pt, the ONNX
 file(s), params.yaml, metrics/*.json, the manifest it was trained on (manifest.csv), copies of its
 test images (testset/, so it can be scored again after data/prepared has moved on) and
-champion.json (version, date, accuracy, hashes), written last: a folder without champion.json is
-an unfinished build.
+champion.json (version, date, accuracy, every file's sha256), written last (`seal`): a folder
+without champion.json is an unfinished build. `verify` checks every recorded hash before a
+version is restored, promoted, bundled or scored: a replaced file is refused by name.
 
 The champion is never written in place. A promotion (or a rollback) is three renames:
 
@@ -24,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -42,6 +44,10 @@ INFO = "champion.json"  # written last: its presence marks a complete version fo
 INTENT = ".promoting"
 LOCK = ".lock"
 STAGING_PREFIX = ".champion.tmp-"
+VERSION_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9_.-]{1,64}")
+# what .promoting may name: a staged folder or a history entry, nothing else
+RETIRED = re.compile(rf"{HISTORY}/{VERSION_NAME.pattern}")
+INCOMING = re.compile(rf"{re.escape(STAGING_PREFIX)}[A-Za-z0-9_]+|{RETIRED.pattern}")
 # inside a version folder
 MODEL, PARAMS, MANIFEST, METRICS, TESTSET = "model.pt", "params.yaml", "manifest.csv", "metrics", \
     "testset"
@@ -85,8 +91,10 @@ def champion(models: Path) -> Version | None:
 
 
 def build_version(models: Path, model: Path, params: Path, manifest: Path,
-                  others: list[Path], metrics: list[Path], info: dict[str, Any]) -> Path:
-    """Stage a complete version folder (not yet the champion; see `promote`): the checkpoint,
+                  others: list[Path], metrics: list[Path],
+                  info: dict[str, Any] | None = None) -> Path:
+    """Stage a version folder (not yet the champion; see `promote`; sealed when `info` is
+    given): the checkpoint,
     the params and the manifest it was trained with, `others` (the ONNX files) as they are,
     `metrics` under metrics/, and a copy of every test image of the manifest under testset/, so
     the version can be scored again after data/prepared has moved on."""
@@ -142,12 +150,31 @@ def read_info(folder: Path) -> dict[str, Any]:
     path = folder / INFO
     if not path.exists():
         raise RegistryError(f"{folder}: not a complete model version ({INFO} is missing)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise RegistryError(f"{path}: not readable JSON ({exc})") from None
+    # the version names a folder under history/: never a path that leaves it
+    if not isinstance(info, dict) or not VERSION_NAME.fullmatch(str(info.get("version"))):
+        raise RegistryError(f"{path}: no valid version name (expected <UTC time>-<hash>)")
+    return info
 
 
 def _intent(models: Path) -> dict[str, str] | None:
     path = models / INTENT
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        intent = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise RegistryError(f"{path}: not readable JSON ({exc})") from None
+    # the renames it asks for must stay inside the registry: never a user's folder
+    incoming, retired = intent.get("incoming"), intent.get("retired")
+    if not (INCOMING.fullmatch(str(incoming)) and (
+            retired is None or RETIRED.fullmatch(str(retired)))):
+        raise RegistryError(f"{path}: names folders outside the registry ({incoming!r}, "
+                            f"{retired!r}); refused: delete it by hand after checking")
+    return intent
 
 
 def champion_dir(models: Path) -> Path | None:
@@ -160,8 +187,9 @@ def champion_dir(models: Path) -> Path | None:
     return None
 
 
-def stage(models: Path, files: Mapping[str, Path], info: dict[str, Any]) -> Path:
-    """Build a complete version folder `models/.champion.tmp-*` (not yet the champion).
+def stage(models: Path, files: Mapping[str, Path], info: dict[str, Any] | None = None) -> Path:
+    """Build a version folder `models/.champion.tmp-*` (not yet the champion), sealed with
+    `info` when given (else the caller seals it once it has scored the copies).
 
     files: name in the folder (may contain '/') → source file. champion.json goes in last, so a
     crash mid-copy leaves a folder `recover` deletes."""
@@ -170,15 +198,59 @@ def stage(models: Path, files: Mapping[str, Path], info: dict[str, Any]) -> Path
     for name, src in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, folder / name)
-    write_json(folder / INFO, info)
+    if info is not None:
+        seal(folder, info)
     return folder
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a version folder (but champion.json), by relative name."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != INFO}
+
+
+def seal(folder: Path, info: dict[str, Any], expected: Mapping[str, str] | None = None) -> None:
+    """Write champion.json (last: it marks the folder complete) with every file's sha256.
+
+    expected: the hashes taken when the copies were staged; a file that changed since (or one
+    added or removed) stops the seal, so what is promoted is exactly what was scored."""
+    found = hashes(folder)
+    if expected is not None and found != dict(expected):
+        changed = sorted(set(found.items()) ^ set(expected.items()))
+        raise RegistryError(f"{folder / changed[0][0]}: changed after it was scored; refused")
+    record = {**info, "files": found}
+    if MODEL in found:
+        record["model_sha256"] = found[MODEL]
+    write_json(folder / INFO, record)
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """champion.json of a complete version folder, after checking that every file it records
+    still has its recorded sha256; RegistryError naming the first file that does not."""
+    info = read_info(folder)
+    recorded = info.get("files")
+    if not isinstance(recorded, dict):  # sealed before per-file hashes: the model's alone
+        recorded = {MODEL: info.get("model_sha256")}
+    for name, sha in recorded.items():
+        path = folder / name
+        if not _inside(path, folder) or not path.is_file():
+            raise RegistryError(f"{path}: recorded in {folder / INFO} but missing; refused")
+        if sha256_file(path) != sha:
+            raise RegistryError(f"{path}: sha256 differs from the one {INFO} records (the file "
+                                "was replaced or damaged after promotion); refused")
+    return info
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def promote(models: Path, incoming: Path) -> str:
     """Make `incoming` (a staged folder or a history entry) the champion; returns its version.
 
-    The caller holds `lock(models)`. The old champion moves to history/<its version>."""
-    version = read_info(incoming)["version"]
+    The caller holds `lock(models)`. The old champion moves to history/<its version>. Every
+    file's recorded sha256 is checked first: a replaced or damaged file is never restored."""
+    version = verify(incoming)["version"]
     old = models / CHAMPION
     retired = None
     if old.exists():

@@ -6,36 +6,40 @@ Order matters: the new manifest exists only after ingest, so the loop first runs
 `dvc repro ingest` (DVC reruns it only if the source folder or params.ingest changed), compares
 the manifest's content hash with the champion's, and stops with "no change" before any
 training. Otherwise `dvc repro` (a subprocess, so DVC's cache decides what reruns; its log is
-kept in reports/retrain-dvc.log) trains the challenger into models/model.pt, and the gate
-(graft.lifecycle.gate) scores it and the champion on one evaluation set. The whole run holds
+kept in reports/retrain-dvc.log) trains the challenger into models/model.pt, and
+graft.lifecycle.challenger stages a copy of it, scores that copy and the champion on one
+evaluation set (graft.lifecycle.gate), and promotes exactly the copy it scored. A run's overrides
+live in params.yaml only while the run does (`run_params`). The whole run holds
 models/.lock: a second run waits `retrain.lock_timeout` seconds, then fails with a clear message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from graft.core.config import load_params, params_from_dict
-from graft.core.files import sha256_file, write_json, write_text
+from graft.core.config import load_params, params_from_dict, read_yaml
+from graft.core.files import write_bytes, write_json, write_text
 from graft.core.layout import Layout
 from graft.data.manifest import read_manifest
 from graft.embeddings.store import FeaturesError
 from graft.labels.suggest import SuggestError, suggest_for_project
-from graft.lifecycle import gate, registry
+from graft.lifecycle import registry
+from graft.lifecycle.challenger import promote, score_and_decide
 from graft.lifecycle.report import markdown
-from graft.models.checkpoint import deployed_checkpoint
+
+__all__ = ["promote", "promote_workspace", "run_params", "score_and_decide"]
 
 
 class RetrainError(ValueError):
@@ -65,21 +69,60 @@ def compare_manifests(old: pd.DataFrame | None, new: pd.DataFrame) -> dict[str, 
             "added": added, "removed": removed, "summary": summary}
 
 
-def apply_overrides(layout: Layout, source: str | None, overrides: dict[str, Any] | None) -> None:
-    """Write deployment parameters into params.yaml (checked first), where DVC sees them."""
+@contextlib.contextmanager
+def run_params(layout: Layout, source: str | None,
+               overrides: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """params.yaml as this run's `dvc repro` must see it; yields the run's overrides (for its
+    report) and gives the user's own file back, byte for byte, however the run ends.
+
+    DVC reads params from params.yaml alone (its `${ingest.path}` dep and its staleness), so the
+    overrides (`source` → ingest.path, {"section.key": value}) are written there for the run,
+    as `dvc exp run -S` does. The user's bytes wait in models/.retrain-params.json meanwhile; a
+    killed run's are put back when the next run starts, unless the user has edited the file
+    since (theirs wins). dvc.lock then records the run's values, so a later `dvc repro` on the
+    user's own params reruns what they change."""
+    restore_params(layout)
     changes = dict(overrides or {})
     if source:
         changes["ingest.path"] = source
     if not changes:
+        yield {}
         return
-    raw = yaml.safe_load(layout.params.read_text(encoding="utf-8")) or {}
+    original = layout.params.read_bytes()
+    raw = read_yaml(layout.params) or {}
     for dotted, value in changes.items():
         section, _, key = dotted.partition(".")
         if not key:
             raise RetrainError(f"override {dotted!r}: expected section.key (e.g. finetune.lr)")
         raw.setdefault(section, {})[key] = value
     params_from_dict(raw, source=f"{layout.params} with overrides {changes}")  # raises if bad
-    write_text(layout.params, yaml.safe_dump(raw, sort_keys=False))
+    text = RUN_PARAMS_HEADER + yaml.safe_dump(raw, sort_keys=False)
+    write_json(layout.retrain_params, {"user_text": original.decode("utf-8"),
+                                       "run_sha256": hashlib.sha256(text.encode()).hexdigest()})
+    write_text(layout.params, text)
+    try:
+        yield changes
+    finally:
+        restore_params(layout)
+
+
+RUN_PARAMS_HEADER = ("# params of a running `graft retrain`, with its overrides; your own file "
+                     "comes back when the run ends\n")
+
+
+def restore_params(layout: Layout) -> bool:
+    """Put the user's params.yaml back from a run's journal (if the file is still the run's);
+    True when it did."""
+    journal = layout.retrain_params
+    if not journal.exists():
+        return False
+    saved = json.loads(journal.read_text(encoding="utf-8"))
+    current = layout.params.read_bytes() if layout.params.exists() else b""
+    restored = hashlib.sha256(current).hexdigest() == saved["run_sha256"]
+    if restored:  # else the user edited it since: their edit stays
+        write_bytes(layout.params, saved["user_text"].encode("utf-8"))
+    journal.unlink()
+    return restored
 
 
 def run_command(args: list[str], cwd: Path, log: Path) -> str:
@@ -115,36 +158,19 @@ def repro(layout: Layout) -> None:
     run_command([_dvc(), "repro"], layout.root, layout.retrain_log("dvc"))
 
 
-def score_and_decide(layout: Layout) -> dict[str, Any]:
-    """Score champion and challenger on one evaluation set; the decision and its reasons."""
+def promote_workspace(layout: Layout) -> dict[str, Any]:
+    """`graft promote`: the exported workspace model through the same gate as a retrain run
+    (staged copy, scored against the verified champion), promoted if it passes; the first
+    champion of a project comes this way, after `dvc repro`."""
     p = load_params(layout.params).retrain
-    current = registry.champion(layout.models)
-    images = gate.evaluation_set(current, read_manifest(layout.manifest), layout.manifest)
-    # the network export published (the baseline under on_negative_transfer: use_baseline)
-    challenger = gate.score_checkpoint(deployed_checkpoint(layout), images, p.batch_size)
-    champion = gate.score_checkpoint(current.model, images, p.batch_size) if current else None
-    decision = gate.decide(champion, challenger, p.min_gain, p.max_class_drop)
-    return {"promote": decision.promote, "reasons": decision.reasons,
-            "evaluation_notes": images.notes, "challenger_score": asdict(challenger),
-            "champion_score": asdict(champion) if champion else None,
-            "champion_version": current.info["version"] if current else None}
-
-
-def promote(layout: Layout, result: dict[str, Any]) -> str:
-    """Build the new champion folder beside the old one, then swap them by renames."""
-    model = deployed_checkpoint(layout)  # the network the ONNX files came from
-    info = {"version": registry.version_id(model),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "accuracy": result["challenger_score"]["accuracy"],
-            "n_evaluation_images": result["challenger_score"]["n"],
-            "model_sha256": sha256_file(model),
-            "manifest_hash": result["change"]["manifest_hash"],
-            "replaced": result.get("champion_version"), "reasons": result["reasons"]}
-    staged = registry.build_version(
-        layout.models, model, layout.params, layout.manifest,
-        others=sorted(layout.models.glob("*.onnx")),
-        metrics=sorted(layout.metrics_dir.glob("*.json")), info=info)
-    return registry.promote(layout.models, staged)
+    with registry.lock(layout.models, p.lock_timeout):
+        result: dict[str, Any] = {"recovered": registry.recover(layout.models),
+                                  "change": detect_change(layout)}
+        result |= score_and_decide(layout)
+        if result["promote"]:
+            result["promoted_version"] = promote(layout, result)
+        result["status"] = "promoted" if result["promote"] else "kept champion"
+    return result
 
 
 def git_commit(layout: Layout, message: str) -> None:
@@ -158,13 +184,12 @@ def dvc_push(layout: Layout) -> None:
 
 
 def pipeline_metrics(layout: Layout) -> dict[str, Any] | None:
-    """The numeric figures of metrics/evaluate.json, for the report; None before evaluation."""
-    path = layout.metrics("evaluate")
+    """The headline test figures of the evaluate stage (metrics/scores.json), for the report;
+    None before evaluation."""
+    path = layout.metrics("scores")
     if not path.exists():
         return None
-    metrics = json.loads(path.read_text(encoding="utf-8"))
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v,
-                                                                                               bool)}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def next_to_label(layout: Layout) -> dict[str, Any]:

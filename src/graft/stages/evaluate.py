@@ -1,10 +1,14 @@
 """Stage `evaluate`: score the model on the test split, beside baselines that had no pretraining.
 
-Inputs: models/model.pt, data/prepared/ (manifest + images). Outputs: metrics/evaluate.json,
+Inputs: models/model.pt, data/prepared/ (manifest + images). Outputs: metrics/evaluate.json
+(everything), metrics/scores.json (the headline figures `dvc metrics show` prints),
 reports/evaluate.md, plots/confusion.csv (long format for `dvc plots`), plots/confusion.png and
 models/baseline.pt (the best baseline's network).
 
-The model is scored end to end from the image files with its own preprocessing. Two baselines
+A model whose backbone is the frozen pretrained one (a feature strategy, an ensemble) is scored
+from the embedding store, where the features stage already put every test image
+(graft.embeddings.scoring); any other is scored end to end from the image files with its own
+preprocessing. Two baselines
 learn from the same training images (graft.evaluation.baselines). All figures carry 95% bootstrap
 intervals computed on the same resamples for every contender (graft.evaluation.compare), and the
 verdict says whether transfer learning beat the best baseline (`negative_transfer` when it did
@@ -30,10 +34,11 @@ from graft.core.device import pick_device
 from graft.core.files import sha256_file, write_json, write_text
 from graft.core.layout import Layout
 from graft.data.manifest import absolute_paths, encode_labels, origins, read_manifest
+from graft.embeddings.scoring import logits_from_store
 from graft.evaluation.baselines import train_baselines
 from graft.evaluation.compare import compare
 from graft.evaluation.plots import write_confusion
-from graft.evaluation.report import report_markdown, verdict
+from graft.evaluation.report import headline, report_markdown, verdict
 from graft.labels.leakage import without_near_copies
 from graft.models import scratch
 from graft.models.checkpoint import load_checkpoint, save_checkpoint
@@ -60,8 +65,11 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     y_test = encode_labels(test["label"], names, layout.manifest, "test", "the model")
 
     device = pick_device()
-    logits = run_model(model, absolute_paths(test, layout.manifest), meta["preprocessing"],
-                       p.batch_size, device)
+    logits = logits_from_store(model, meta, layout, test)  # a frozen backbone: no image pass
+    scored_from = "embedding store" if logits is not None else "images"
+    if logits is None:
+        logits = run_model(model, absolute_paths(test, layout.manifest), meta["preprocessing"],
+                           p.batch_size, device, label="evaluate: the model on the test images")
     probas = {"model": torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()}
     trained = train_baselines(p, df, layout.manifest, names, device)
     probas |= {name: result.proba for name, result in trained.items()}
@@ -74,6 +82,8 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     result["deployed"] = "baseline" if use_baseline else "model"
     result["deployed_network"] = result["best_baseline"] if use_baseline else meta["backbone"]
     result["model_sha256"] = sha256_file(layout.model)  # which model.pt this verdict is about
+    result["scored_from"] = scored_from
+    result["n_train"], result["n_val"] = (int((df["split"] == s).sum()) for s in ("train", "val"))
 
     best = result["best_baseline"]
     save_checkpoint(layout.baseline_model, trained[best].model, best, names,
@@ -85,6 +95,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
                     probas["model"].argmax(axis=1), result["confusion"])
     write_text(layout.report("evaluate.md"), report_markdown(result))
     write_json(layout.metrics("evaluate"), result)
+    write_json(layout.metrics("scores"), headline(result))
     if p.on_negative_transfer == "fail" and result["negative_transfer"]:
         # after the outputs are written: the evidence stays on disk, and DVC/CI stop before
         # the export stage publishes a model that lost

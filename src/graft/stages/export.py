@@ -1,12 +1,16 @@
 """Stage `export`: models/model.pt → model.onnx (fp32), model.int8.onnx, model.fp16.onnx.
 
 Every file carries its class names, preprocessing, backbone, training-params hash and its own
-test accuracy as `graft.*` metadata (graft.deploy.onnx_export). Gates, all on the test split of
-the manifest (graft.deploy.gates):
-- fp32 must match the torch model on every test image (max |Δlogit| within
-  `export.max_abs_diff`, same top-1), else nothing is published;
-- int8 (static QDQ quantisation, calibrated on training images, graft.deploy.quantize) may lose at
-  most `export.max_int8_drop` accuracy points against fp32, fp16 at most `export.max_fp16_drop`.
+test accuracy as `graft.*` metadata (graft.deploy.onnx_export). Gates, on the test split of the
+manifest (graft.deploy.gates):
+- fp32 runs on every test image; it must reproduce the trained network (scale-aware |Δlogit|
+  within `export.max_abs_diff`, same top-1) — on every test image when the backbone is frozen
+  (the reference is the head on the cached embeddings), else on `export.parity_images` of them
+  (the reference is torch) — else nothing is published;
+- int8 (static QDQ quantisation, calibrated on training images, graft.deploy.quantize) runs on
+  every test image and may lose at most `export.max_int8_drop` accuracy points against fp32 with
+  at least `export.min_int8_agreement` of its top-1 equal to fp32's; fp16 likewise, on
+  `export.fp16_check_images` of them (fp16 is for GPUs: on a CPU it runs at half fp32's speed).
 A variant that fails its gate is not published (a stale copy is removed, since it no longer
 belongs to model.onnx); the stage publishes what passed, writes the metrics, then raises.
 
@@ -17,24 +21,29 @@ from-scratch models/baseline.pt when the evaluate stage found negative transfer 
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import torch
 from torch import nn
 
 from graft.core.config import ExportParams, Params
-from graft.core.files import write_json
+from graft.core.files import temp_dir, write_json
 from graft.core.layout import Layout
 from graft.data.images import Preprocessing
 from graft.data.manifest import absolute_paths, encode_labels, read_manifest
-from graft.deploy.gates import check_parity, gate_variants, score_files
+from graft.deploy.gates import Gate, check_parity, gate_variant, score_files
 from graft.deploy.onnx_export import ExportError, deployed_kind, metadata, to_onnx
 from graft.deploy.onnx_model import attach_metadata
+from graft.deploy.publish import publish_set
 from graft.deploy.quantize import quantize_int8, to_fp16
+from graft.embeddings.scoring import logits_from_store
 from graft.models.checkpoint import deployed_checkpoint, load_checkpoint
+from graft.models.inference import run_model
 
 __all__ = ["ExportError", "run"]
 
@@ -46,50 +55,96 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     source = deployed_checkpoint(layout)
     model, meta = load_checkpoint(source)
     pre: Preprocessing = meta["preprocessing"]
-    names = list(meta["class_names"])
     df = read_manifest(layout.manifest)
-    test = df[df["split"] == "test"]
-    test_paths = absolute_paths(test, layout.manifest)
-    if not test_paths:
+    test = df[df["split"] == "test"].reset_index(drop=True)
+    if test.empty:
         raise ExportError(f"{layout.manifest}: no test images; the parity check needs at least one")
-    y_test = encode_labels(test["label"], names, layout.manifest, "test", "the model")
+    y_test = encode_labels(test["label"], list(meta["class_names"]), layout.manifest, "test",
+                           "the model")
+    paths = absolute_paths(test, layout.manifest)
+    reference, rows, against = _reference(model, meta, layout, test, paths, cfg)
 
     layout.models.mkdir(parents=True, exist_ok=True)
     # Candidates are built in a hidden folder beside the outputs, so publishing is a rename.
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=layout.models) as tmp_dir:
-        base = metadata(meta, source, len(test_paths))
-        files, settings = _write_files(model, pre, cfg, Path(tmp_dir), base,
+    tmp_dir = temp_dir(layout.onnx)
+    try:
+        base = metadata(meta, source, len(paths))
+        files, settings = _write_files(model, pre, cfg, tmp_dir, base,
                                        _calibration_paths(df, layout, cfg))
-        logits = score_files(model, files, test_paths, pre, cfg.batch_size)
-        parity = check_parity(logits, cfg.max_abs_diff, layout.onnx)
-        limits = {"int8": cfg.max_int8_drop, "fp16": cfg.max_fp16_drop}
-        paths = {name: layout.onnx_variant(name) for name in files}
-        accuracy, variants, failures = gate_variants(logits, y_test, limits, settings, paths)
-        for name, path in files.items():
-            if name == "fp32" or variants[name]["passed"]:
-                attach_metadata(path, {**base, "precision": name,
-                                       "test_accuracy": round(accuracy[name], 6)})
-                os.replace(path, paths[name])
-    for name in ("int8", "fp16"):  # a stale variant no longer belongs to the new model.onnx
-        if name not in variants or not variants[name]["passed"]:
-            layout.onnx_variant(name).unlink(missing_ok=True)
+        checked = {name: np.arange(len(paths)) for name in files}
+        if "fp16" in files and 0 < cfg.fp16_check_images < len(paths):
+            checked["fp16"] = _fixed_sample(test, cfg.fp16_check_images)
+        logits = score_files(files, paths, pre, cfg.batch_size, checked)
+        parity = check_parity(reference, logits["fp32"][rows], cfg.max_abs_diff, layout.onnx,
+                              against)
+        accuracy = {"fp32": float((logits["fp32"].argmax(1) == y_test).mean())}
+        variants, failures = {}, []
+        for name in [n for n in files if n != "fp32"]:
+            gate = Gate(getattr(cfg, f"max_{name}_drop"), getattr(cfg, f"min_{name}_agreement"))
+            variants[name], failure = gate_variant(
+                name, logits["fp32"][checked[name]], logits[name], y_test[checked[name]], gate,
+                settings[name], layout.onnx_variant(name))
+            accuracy[name] = variants[name]["accuracy"]
+            failures += [failure] if failure else []
+        passed = {name: path for name, path in files.items()
+                  if name == "fp32" or variants[name]["passed"]}
+        for name, path in passed.items():
+            attach_metadata(path, {**base, "precision": name,
+                                   "test_accuracy": round(accuracy[name], 6),
+                                   "n_test": len(checked[name])})
+        # one set: a variant left from an older export no longer belongs to the new model.onnx
+        stale = [layout.onnx_variant(n) for n in ("int8", "fp16") if n not in passed]
+        publish_set(passed, stale, layout.models)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
     metrics = {
         **_files_metrics(layout, source, cfg, meta),
         **parity,
-        "n_parity_images": len(test_paths),
         "max_abs_diff_allowed": cfg.max_abs_diff,
         "parity_passed": True,
         "accuracy": accuracy["fp32"],
-        "torch_accuracy": float((logits["torch"].argmax(1) == y_test).mean()),
+        "n_test": len(paths),
         **{name: {**v, **_size(layout.onnx_variant(name), layout)}
            for name, v in variants.items()},
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(layout.metrics("export"), metrics)
+    write_json(layout.metrics("onnx"), headline(metrics))
     if failures:
         raise ExportError("; ".join(failures))
     return metrics
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """metrics/onnx.json, what `dvc metrics show` prints: test accuracy of each published file
+    and the top-1 agreement of int8 / fp16 with fp32."""
+    out = {"fp32": round(metrics["accuracy"], 4)}
+    for name in ("int8", "fp16"):
+        variant = metrics.get(name)
+        if variant and variant["passed"]:
+            out[name] = round(variant["accuracy"], 4)
+            out[f"{name}_agree"] = round(variant["top1_agreement"], 4)
+    return out
+
+
+def _reference(model: nn.Module, meta: dict[str, Any], layout: Layout, test: pd.DataFrame,
+               paths: list[Path], cfg: ExportParams) -> tuple[np.ndarray, np.ndarray, str]:
+    """(logits the fp32 file must reproduce, the test rows they are of, what they are): from
+    the embedding store on every test image when the backbone is frozen (the head on cached
+    embeddings: no image pass), else the torch network on a fixed sample."""
+    logits = logits_from_store(model, meta, layout, test)
+    if logits is not None:
+        return logits, np.arange(len(test)), "the head on the cached embeddings"
+    rows = _fixed_sample(test, cfg.parity_images)
+    logits = run_model(model, [paths[i] for i in rows], meta["preprocessing"], cfg.batch_size,
+                       torch.device("cpu"), label="export: torch reference")
+    return logits, rows, "torch"
+
+
+def _fixed_sample(rows: pd.DataFrame, n: int) -> np.ndarray:
+    """Indices of `n` rows chosen by content hash: the same images on every run."""
+    return np.sort(np.argsort(rows["sha256"].to_numpy(), kind="stable")[:n])
 
 
 def _files_metrics(layout: Layout, source: Path, cfg: ExportParams, meta: dict[str, Any]

@@ -38,10 +38,10 @@ def run(params: Params, layout: Layout) -> dict:
     else:
         selection, backbone = {"method": "fixed"}, cfg.backbone
 
-    store = runs[backbone][0]
-    n_computed = sum(len(todo) for _, todo, _, _ in runs.values())
-    compute_s = sum(seconds for *_, seconds in runs.values())
-    dim = next(iter(store.values())).shape[0] if store else 0
+    chosen = runs[backbone]
+    n_computed = sum(len(run.computed) for run in runs.values())
+    compute_s = sum(run.seconds for run in runs.values())
+    dim = next(iter(chosen.store.values())).shape[0] if chosen.store else 0
     path = store_path(layout, with_backbone(params, backbone))
     metrics = {
         "backbone": backbone,
@@ -50,13 +50,17 @@ def run(params: Params, layout: Layout) -> dict:
         "n_images": int(len(df)),
         "n_computed": int(n_computed),
         "n_cached": int(len(df) * len(names) - n_computed),
-        "device": runs[backbone][2].type,
+        "runtime": chosen.runtime,  # onnxruntime | torch | Dask (<scheduler>) | cached
+        "device": chosen.device,
+        "cluster": cfg.cluster,  # the Dask scheduler the images were embedded on; null: here
         "images_per_s": round(n_computed / compute_s, 1) if compute_s else None,
         "seconds": round(time.perf_counter() - started, 2),
         "store": str(path.relative_to(layout.root)),
         "backbones_embedded": names,
         "views": cfg.views,
         "backbone_selection": selection,
+        # the exported graph's agreement with torch, measured when it was exported
+        "graph_parity": (chosen.record or {}).get("parity"),
     }
     write_json(layout.metrics("features"), metrics)
     return metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 from graft.core.config import Params
 from graft.core.files import write_json
 from graft.core.layout import Layout
+from graft.core.progress import say
 from graft.data.manifest import SPLITS, UNLABELED, labelled
 from graft.data.prepare import prepare
 
@@ -46,4 +47,17 @@ def run(params: Params, layout: Layout) -> dict:
         "n_conflicts": len(done.conflicts),
     }
     write_json(layout.metrics("ingest"), metrics)
+    say(split_line(metrics, counts))
     return metrics
+
+
+def split_line(metrics: dict, counts: dict[str, dict[str, int]]) -> str:
+    """How ingest split the images, in one line: totals, and the range per class."""
+    def per_class(split: str) -> str:
+        values = list(counts[split].values()) or [0]
+        lo, hi = min(values), max(values)
+        return f"{split} {metrics[f'n_{split}']} ({lo if lo == hi else f'{lo}–{hi}'}/class)"
+
+    return (f"ingest: {metrics['n_images']} images, {metrics['n_classes']} classes → "
+            + ", ".join(per_class(s) for s in ("train", "val", "test"))
+            + (f", {metrics['n_unlabeled']} unlabelled" if metrics.get("n_unlabeled") else ""))

@@ -10,7 +10,7 @@ from graft.core.config import Params
 from graft.core.files import write_csv, write_json
 from graft.core.layout import Layout
 from graft.data.checks import ValidationError, check_manifest, failure_message, quarantine_rows
-from graft.data.manifest import SPLITS, UNLABELED, read_manifest
+from graft.data.manifest import SPLITS, UNLABELED, read_manifest, read_origins
 
 __all__ = ["ValidationError", "run"]
 
@@ -26,8 +26,8 @@ def run(params: Params, layout: Layout) -> dict:
         "manifest": str(layout.manifest), "success": all(c.success for c in checks),
         "checks": [vars(c) for c in checks],
     })
-    quarantine = quarantine_rows(files, checks, v)
-    write_csv(layout.report("quarantine.csv"), ["path", "rule", "problem"], quarantine)
+    quarantine = quarantine_rows(files, checks, v, read_origins(layout.origins))
+    write_csv(layout.report("quarantine.csv"), ["path", "rule", "problem", "origin"], quarantine)
     failed = [c for c in checks if not c.success]
     if failed:
         raise ValidationError(failure_message(layout, failed, quarantine))

@@ -113,6 +113,9 @@ class Fit:
     head: dict[str, Any] | None = None  # graft.models.heads spec of model.classifier
     network: dict[str, Any] | None = None  # graft.models.checkpoint `network` entry
     report: dict[str, Any] = field(default_factory=dict)  # metrics of the strategy's own
+    # the network is the pretrained backbone(s), untouched, with a head: it can be scored from
+    # the embedding store (graft.embeddings.scoring)
+    frozen_backbone: bool = False
 
 
 class Strategy:
@@ -155,7 +158,7 @@ class FeatureStrategy(Strategy):
         model = create_model(inputs.backbone, inputs.n_classes, weights_dir=inputs.weights_dir)
         model.classifier = fitted.head
         return Fit(model, fitted.val_accuracy, fitted.train_accuracy, fitted.curve, p,
-                   head=fitted.spec, report=fitted.report)
+                   head=fitted.spec, report=fitted.report, frozen_backbone=True)
 
 
 def train_accuracy(head: nn.Module, data: FeatureData) -> float:

@@ -49,4 +49,5 @@ class Ensemble(Strategy):
         rows = [[i, m["backbone"], m["strategy"], m["val_accuracy"]]
                 for i, m in enumerate(members)]
         return Fit(model, None, train_accuracy, Curve(CURVE, rows), p,
-                   network=ensemble.spec(members), report={"members": members})
+                   network=ensemble.spec(members), report={"members": members},
+                   frozen_backbone=True)

@@ -10,7 +10,9 @@
   the pretrained features, which is what a random head does.
 
 Both freeze and decay EfficientNet-Lite blocks by name (graft.strategies.trainable): a `timm:`
-backbone gets the feature strategies only.
+backbone gets the feature strategies only. Under torchrun (`finetune.nproc_per_node`) both train
+with DistributedDataParallel in the process group of graft.core.distributed; every rank fits the
+same start (DDP broadcasts rank 0's weights anyway) and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from graft.core.config import FinetuneParams
+from graft.core.distributed import process_group
 from graft.models.backbones import BACKBONES, create_model, is_timm
 from graft.strategies.base import Curve, Fit, Inputs, Strategy
 from graft.strategies.linear_probe import fit_probe, select_c
@@ -42,9 +45,12 @@ class NetworkStrategy(Strategy):
         report = self.start(model, p, inputs)
         images, y, t = inputs.images(), torch.from_numpy(inputs.y), inputs.is_train
         data = Data(images[t], y[t], images[~t], y[~t])
-        history = train(model, data, inputs.pre, p, inputs.device, inputs.n_classes, budget_s)
+        with process_group() as ranks:
+            history = train(model, data, inputs.pre, p, inputs.device, inputs.n_classes,
+                            budget_s, ranks)
         rows = [[row[k] for k in CURVE] for row in history.rows]
-        report |= {"epochs_run": history.epochs_run, "best_epoch": history.best_epoch}
+        report |= {"epochs_run": history.epochs_run, "best_epoch": history.best_epoch,
+                   "processes": ranks.world}
         return Fit(model, history.best_val_accuracy, history.train_accuracy, Curve(CURVE, rows),
                    p, report=report)
 

@@ -109,7 +109,23 @@ def check_params(p: FinetuneParams, source: str = "params") -> None:
         raise ConfigError(f"{source}: finetune.feature_norm = {p.feature_norm!r} must be none "
                           f"with strategy {p.strategy} (it applies to the feature strategies "
                           f"only: {', '.join(features)})")
+    if p.nproc_per_node > 1:
+        _check_processes(p, source)
     get_strategy(p.strategy).check(p, source)
+
+
+def _check_processes(p: FinetuneParams, source: str) -> None:
+    """Several processes train a network, with BatchNorm frozen unless there are GPUs (torch's
+    SyncBatchNorm runs on CUDA only)."""
+    if strategy_kind(p.strategy) != "network":
+        raise ConfigError(f"{source}: finetune.nproc_per_node = {p.nproc_per_node} needs a "
+                          f"network strategy ({', '.join(strategy_names('network'))}); "
+                          f"finetune.strategy is {p.strategy}")
+    import torch  # only here: checking params needs no torch otherwise
+
+    if p.bn_train and not torch.cuda.is_available():
+        raise ConfigError(f"{source}: finetune.bn_train with finetune.nproc_per_node > 1 needs "
+                          "GPUs (SyncBatchNorm); on CPUs keep BatchNorm frozen (bn_train: false)")
 
 
 def _entry(name: str) -> _Entry:

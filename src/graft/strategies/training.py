@@ -12,6 +12,15 @@ decay, as in ULMFiT/BEiT) the lower, more generic blocks move less than the top 
 
 `lp_ft` (Kumar et al. 2022) starts from a converged linear-probe head, so its head trains at the
 same small `backbone_lr` as the body; `finetune` starts from a zero head trained at `lr`.
+
+Under torchrun (`finetune.nproc_per_node`, graft.core.distributed) the same loop runs on every
+rank and computes what one process computes, to float rounding: every rank draws the same global
+batches, augments and mixes the whole global batch from the same seeded generators, then
+forwards and backpropagates its share only (`Ranks.share`); a share's loss is its summed loss
+over the global batch's total weight times the world size, so DistributedDataParallel's average
+of the ranks' gradients is the one-process gradient, shares of unequal size included. Validation
+is sharded and all-reduced, so every rank takes the same early-stopping decisions. BatchNorm
+stays frozen by default; `bn_train` needs SyncBatchNorm, which needs GPUs.
 """
 
 from __future__ import annotations
@@ -25,12 +34,15 @@ import torch
 from torch import nn
 
 from graft.core.config import FinetuneParams
-from graft.core.device import amp_dtype, to_device, to_input
+from graft.core.device import to_input
+from graft.core.distributed import ONE_PROCESS, Ranks
+from graft.core.progress import Progress
 from graft.data.augment import augment_batch, build_augment
 from graft.data.images import Preprocessing
-from graft.strategies.batches import epoch_batches, mix
+from graft.strategies.batches import epoch_batches
 from graft.strategies.early_stopping import BestEpoch
-from graft.strategies.trainable import freeze, l2sp_penalty, param_groups
+from graft.strategies.step import Step, make_step, set_train_mode, train_step
+from graft.strategies.trainable import freeze
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +56,9 @@ class BudgetExceeded(RuntimeError):
         super().__init__(f"estimated {estimate_s:.0f} s (set-up + first epoch × epochs) > "
                          f"{budget_s:.0f} s")
         self.estimate_s, self.budget_s = estimate_s, budget_s
+
+    def __reduce__(self) -> tuple:  # picklable with its arguments (it may cross processes)
+        return type(self), (self.estimate_s, self.budget_s)
 
 
 @dataclass
@@ -74,63 +89,20 @@ class History:
         return len(self.rows) - 1
 
 
-@dataclass
-class Step:
-    """What one optimisation step needs."""
-
-    model: nn.Module
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None  # None: plain fp32
-    rng: np.random.Generator  # mixup/cutmix draws
-    mixup: float
-    cutmix: float
-    l2sp: float
-    anchors: list[tuple[nn.Parameter, torch.Tensor]]  # (trainable backbone weight, pretrained copy)
-
-
-def set_train_mode(model: nn.Module, bn_train: bool, frozen: list[nn.Module]) -> None:
-    """Train mode (dropout on), except BatchNorm in eval mode, so its running statistics stay
-    frozen, unless `bn_train`; BatchNorm inside frozen modules never updates."""
-    model.train()
-    for module in frozen:
-        module.eval()
-    if not bn_train:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
-def train_step(step: Step, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One AdamW update on a normalised batch (mixed when mixup/cutmix is on); returns the task
-    loss (without L2-SP)."""
-    step.optimizer.zero_grad(set_to_none=True)
-    x, y_a, y_b, lam = mix(x, y, step.mixup, step.cutmix, step.rng)
-    with torch.autocast(x.device.type, dtype=step.amp_dtype, enabled=step.amp_dtype is not None):
-        logits = step.model(x)
-        loss = step.criterion(logits, y_a)
-        if lam < 1.0:
-            loss = lam * loss + (1.0 - lam) * step.criterion(logits, y_b)
-    total = loss.float()
-    if step.l2sp > 0:
-        total = total + step.l2sp * l2sp_penalty(step.anchors)
-    step.scaler.scale(total).backward()
-    step.scaler.step(step.optimizer)
-    step.scaler.update()
-    return float(loss.detach())
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, pre: Preprocessing, batch_size: int,
-    device: torch.device, amp: torch.dtype | None = None,
+    device: torch.device, amp: torch.dtype | None = None, ranks: Ranks = ONE_PROCESS,
 ) -> tuple[float | None, float | None]:
     """(mean cross-entropy, accuracy) in eval mode without augmentation; (None, None) for no
-    images."""
-    if len(y) == 0:
+    images. Distributed, each rank scores its share and the sums are all-reduced, so every rank
+    gets the same numbers."""
+    n = len(y)
+    if n == 0:
         return None, None
     model.eval()
+    mine = ranks.share(n)
+    x, y = x[mine], y[mine]
     loss_sum, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
         xb = to_input(x[i : i + batch_size], device)
@@ -139,29 +111,30 @@ def evaluate(
             logits = model(pre.normalise(xb)).float()
         loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
-    return loss_sum / len(y), correct / len(y)
+    loss_sum, correct = ranks.all_sum([loss_sum, correct])
+    return loss_sum / n, correct / n
 
 
 def train(
     model: nn.Module, data: Data, pre: Preprocessing, p: FinetuneParams, device: torch.device,
-    n_classes: int, budget_s: float | None = None,
+    n_classes: int, budget_s: float | None = None, ranks: Ranks = ONE_PROCESS,
 ) -> History:
     """Train `model` in place and leave it holding the weights of the best validation epoch
     (epoch 0, the untouched start, included: training never returns a network worse on
     validation than the head it started from). Stops after `patience` epochs without
     improvement. Without validation rows: all epochs, last weights. With `budget_s`, raises
     BudgetExceeded after the first epoch when the set-up plus `epochs` epochs like it would
-    exceed it."""
+    exceed it. `ranks`: this process's place in a torchrun world (graft.core.distributed)."""
     started = time.perf_counter()
     torch.manual_seed(p.seed)  # dropout and augmentation draw from the global generator
     np.random.seed(p.seed)
     frozen = freeze(model, p.freeze_blocks)
-    step = _prepare(model, data, p, device, n_classes)
+    step = make_step(model, data.y_train, p, device, n_classes, ranks)
     data = _resident(data, device)
     epoch = Epoch(step, data, pre, p, frozen, device)
 
     def scores(x: torch.Tensor, y: torch.Tensor) -> tuple[float | None, float | None]:
-        return evaluate(model, x, y, pre, p.batch_size, device, step.amp_dtype)
+        return evaluate(model, x, y, pre, p.batch_size, device, step.amp_dtype, ranks)
 
     history, best = History(), BestEpoch()
     train_loss, _ = scores(data.x_train, data.y_train)
@@ -169,23 +142,26 @@ def train(
     history.rows.append(_row(0, train_loss, val_loss, val_acc, None))
     if val_acc is not None:
         best.update(0, model, val_acc, val_loss)
-    for n in range(1, p.epochs + 1):
-        lr = step.optimizer.param_groups[0]["lr"]  # the head's, at the start of the epoch
-        epoch_start = time.perf_counter()
-        train_loss = epoch.run()
-        val_loss, val_acc = scores(data.x_val, data.y_val)
-        if budget_s is not None and n == 1:  # set-up so far + the other epochs like this one
-            now = time.perf_counter()
-            estimate = now - started + (p.epochs - 1) * (now - epoch_start)
-            if estimate > budget_s:
-                raise BudgetExceeded(estimate, budget_s)
-        history.rows.append(_row(n, train_loss, val_loss, val_acc, lr))
-        log.info("epoch %d: %s", n, history.rows[-1])
-        if val_acc is None:
-            continue
-        if not best.update(n, model, val_acc, val_loss) and best.stale >= p.patience:
-            log.info("early stop after epoch %d: no val improvement in %d", n, best.stale)
-            break
+    with Progress("finetune: training", p.epochs, "epoch", enabled=ranks.rank == 0) as bar:
+        for n in range(1, p.epochs + 1):
+            lr = step.optimizer.param_groups[0]["lr"]  # the head's, at the start of the epoch
+            epoch_start = time.perf_counter()
+            train_loss = epoch.run()
+            val_loss, val_acc = scores(data.x_val, data.y_val)
+            if budget_s is not None and n == 1:  # set-up so far + the other epochs like this one
+                now = time.perf_counter()
+                estimate = now - started + (p.epochs - 1) * (now - epoch_start)
+                if estimate > budget_s:
+                    raise BudgetExceeded(estimate, budget_s)
+            history.rows.append(_row(n, train_loss, val_loss, val_acc, lr))
+            bar.update(loss=train_loss, val_accuracy=val_acc)
+            if ranks.rank == 0:
+                log.info("epoch %d: %s", n, history.rows[-1])
+            if val_acc is None:
+                continue
+            if not best.update(n, model, val_acc, val_loss) and best.stale >= p.patience:
+                log.info("early stop after epoch %d: no val improvement in %d", n, best.stale)
+                break
     if best.state is not None:
         model.load_state_dict(best.state)
         history.best_epoch, history.best_val_accuracy = best.epoch, best.accuracy
@@ -222,32 +198,10 @@ class Epoch:
             yb = y[idx].to(self.device, non_blocking=True)
             loss_sum += train_step(self.step, self.pre.normalise(xb), yb) * len(idx)
             self.scheduler.step()
+        ranks = self.step.ranks
+        if ranks.distributed:  # the ranks' scaled shares average to the global batch's loss
+            loss_sum = ranks.all_sum([loss_sum])[0] / ranks.world
         return loss_sum / sum(self.sizes)
-
-
-def _prepare(model: nn.Module, data: Data, p: FinetuneParams, device: torch.device,
-             n_classes: int) -> Step:
-    """Model on the device (graft.core.device), optimizer, loss, AMP and L2-SP anchors."""
-    to_device(model, device)
-    amp = amp_dtype(device, p.amp)
-    head_ids = {id(q) for q in model.classifier.parameters()}
-    anchors = [(q, q.detach().clone().float()) for q in model.parameters()
-               if q.requires_grad and id(q) not in head_ids] if p.l2sp > 0 else []
-    weight = _class_weights(data.y_train, n_classes, p)
-    return Step(
-        model=model,
-        criterion=nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device),
-                                      label_smoothing=p.label_smoothing),
-        optimizer=torch.optim.AdamW(param_groups(model, p)),
-        # loss scaling only for fp16: bf16 has fp32's exponent range
-        scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
-        amp_dtype=amp,
-        rng=np.random.default_rng(p.seed),
-        mixup=p.mixup,
-        cutmix=p.cutmix,
-        l2sp=p.l2sp,
-        anchors=anchors,
-    )
 
 
 def _batch_sizes(n: int, batch_size: int, drop_single: bool) -> list[int]:
@@ -257,14 +211,6 @@ def _batch_sizes(n: int, batch_size: int, drop_single: bool) -> list[int]:
     if drop_single and len(sizes) > 1 and sizes[-1] == 1:
         sizes.pop()
     return sizes
-
-
-def _class_weights(y: torch.Tensor, n_classes: int, p: FinetuneParams) -> torch.Tensor | None:
-    """'balanced': n / (k · n_c), as scikit-learn's class_weight='balanced'."""
-    if p.class_weight == "none":
-        return None
-    counts = torch.bincount(y, minlength=n_classes).float()
-    return len(y) / (n_classes * counts)
 
 
 def _resident(data: Data, device: torch.device, max_fraction: float = 0.25) -> Data:

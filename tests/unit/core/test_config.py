@@ -27,7 +27,7 @@ def test_shipped_params_yaml_states_every_key_explicitly():
         ({"finetune": {"learning_rate": 0.1}}, "finetune: unknown key(s) learning_rate"),
         ({"finetune": {"epochs": "ten"}}, "finetune.epochs: expected an integer"),
         ({"finetune": {"epochs": 2.5}}, "finetune.epochs: expected an integer"),
-        ({"finetune": {"epochs": 0}}, "finetune.epochs = 0 must be ≥ 1"),
+        ({"finetune": {"epochs": 0}}, "finetune.epochs = 0 must be in [1, 100000]"),
         ({"finetune": {"augment": "yes"}}, "finetune.augment: expected true or false"),
         ({"finetune": {"class_weight": "auto"}}, "finetune.class_weight: 'auto' is not one of"),
         ({"finetune": {"c_grid": 1.0}}, "finetune.c_grid: expected a list"),
@@ -66,10 +66,10 @@ def test_bad_params_yaml_names_file_section_and_key(tmp_path, text, fragments):
 
 @pytest.mark.parametrize(("section", "rule"), [
     # the training loop
-    ({"epochs": 0}, "≥ 1"), ({"c_grid": []}, "a non-empty list of values > 0"),
+    ({"epochs": 0}, "in [1, 100000]"), ({"c_grid": []}, "a non-empty list of values > 0"),
     ({"c_grid": [1.0, -1.0]}, "a non-empty list of values > 0"),
     ({"freeze_blocks": 8}, "in [0, 7]"),
-    ({"lr": 0}, "> 0"), ({"l2sp": -1.0}, "≥ 0"), ({"patience": 0}, "≥ 1"),
+    ({"lr": 0}, "> 0"), ({"l2sp": -1.0}, "≥ 0"), ({"patience": 0}, "in [1, 100000]"),
     # the network strategies' options
     ({"llrd": 0.0}, "in (0, 1]"), ({"llrd": 1.5}, "in (0, 1]"),
     ({"label_smoothing": 1.0}, "in [0, 1)"), ({"mixup": -0.1}, "≥ 0"), ({"cutmix": -1.0}, "≥ 0"),

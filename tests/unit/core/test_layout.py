@@ -23,7 +23,7 @@ def test_every_path_is_under_the_root(tmp_path) -> None:
 
 
 def test_unknown_stage_and_precision_name_the_choices(tmp_path) -> None:
-    with pytest.raises(ValueError, match="unknown stage 'rank'; stages are ingest"):
+    with pytest.raises(ValueError, match="unknown metrics 'rank'; they are ingest"):
         Layout(tmp_path).metrics("rank")
     with pytest.raises(ValueError, match="unknown precision 'int4'; one of fp32, int8, fp16"):
         Layout(tmp_path).onnx_variant("int4")

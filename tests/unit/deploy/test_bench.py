@@ -66,3 +66,20 @@ def test_train_bench_times_real_steps():
                                      "amp channels_last: autocast is used on CUDA only"]
     assert all(r["images_per_s"] > 0 for r in report["rows"])
     assert "| fp32 NCHW |" in markdown_train(report)
+
+
+def test_roofline_counts_conv_and_gemm_flops(tmp_path, monkeypatch):
+    from torch import nn
+
+    from graft.deploy.roofline import cpu_peak, graph_gflops
+    from graft.models.onnx_graph import export_graph
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    export_graph(net, tmp_path / "tiny.onnx", 8, 17, "logits")
+    macs = 4 * 8 * 8 * 3 * 3 * 3 + 256 * 2  # conv outputs × (C_in · kh · kw), then the Linear
+    assert graph_gflops(tmp_path / "tiny.onnx") == pytest.approx(2 * macs / 1e9)
+    monkeypatch.setenv("GRAFT_CPU_GHZ", "3.0")
+    peak = cpu_peak()
+    assert peak["ghz"] == 3.0 and peak["flops_per_cycle"] in (8, 16, 32, 64)
+    assert peak["gflops"] == pytest.approx(peak["cores"] * 3.0 * peak["flops_per_cycle"], 0.01)
+    assert "GRAFT_CPU_GHZ" in peak["how"]

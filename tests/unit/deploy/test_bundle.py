@@ -17,7 +17,7 @@ import pytest
 import graft.deploy
 from graft.core.layout import Layout
 from graft.data.images import ImageError, Preprocessing, read_image
-from graft.deploy.bundle import BundleError, build_bundle
+from graft.deploy.bundle import MARKER, BundleError, build_bundle
 from graft.deploy.predict import predict
 from tests.fixtures import CLASSES, odd_decoding_images
 
@@ -49,30 +49,30 @@ def test_template_decodes_and_preprocesses_exactly_like_graft(tmp_path):
 
 
 def _bundle(layout: Layout, tmp_path: Path) -> Path:
-    result = build_bundle(layout, tmp_path / "dist" / "bundle")
+    result = build_bundle(layout, layout.models, tmp_path / "dist" / "bundle")
     return Path(result["folder"])
 
 
 def test_bundle_folder_and_zip(exported, tmp_path):
     layout, _ = exported
-    result = build_bundle(layout, tmp_path / "dist" / "bundle")
+    result = build_bundle(layout, layout.models, tmp_path / "dist" / "bundle")
     folder = Path(result["folder"])
     expected = {"model.onnx", "model.int8.onnx", "model.fp16.onnx", "labels.json", "predict.py",
                 "README.md"}
-    assert {p.name for p in folder.iterdir()} == expected == set(result["files"])
+    assert {p.name for p in folder.iterdir()} - {MARKER} == expected == set(result["files"])
     assert json.loads((folder / "labels.json").read_text()) == CLASSES
     assert (folder / "model.onnx").read_bytes() == layout.onnx.read_bytes()
     assert "python predict.py" in (folder / "README.md").read_text()
     with zipfile.ZipFile(result["zip"]) as zf:
         assert {Path(n).name for n in zf.namelist()} == expected
         assert zf.read("bundle/labels.json") == (folder / "labels.json").read_bytes()
-    build_bundle(layout, folder)  # a second build replaces the first cleanly
+    build_bundle(layout, layout.models, folder)  # a second build replaces its own first one
     assert not list(folder.parent.glob(".*"))
 
 
 def test_bundle_without_export_is_a_clear_error(tmp_path):
-    with pytest.raises(BundleError, match=r"model\.onnx: not found; run the export stage"):
-        build_bundle(Layout(tmp_path))
+    with pytest.raises(BundleError, match=r"model\.onnx: not found; nothing to bundle"):
+        build_bundle(Layout(tmp_path), Layout(tmp_path).models)
 
 
 def _bundled_top1(python: str | Path, folder: Path, images: Path, model: str) -> dict[str, str]:
@@ -106,7 +106,9 @@ def test_bundled_predict_reports_bad_files(exported, tmp_path):
                           capture_output=True, text=True, cwd=folder)
     assert proc.returncode == 1
     assert "skipped" in proc.stderr and "bad.png" in proc.stderr
-    assert len(proc.stdout.strip().splitlines()) == 2  # the two circles were still classified
+    header, *rows = proc.stdout.strip().splitlines()
+    assert header.split()[:2] == ["path", "top-1"]  # a table with a header, as graft predict's
+    assert len(rows) == 2  # the two circles were still classified
 
 
 def test_bundle_runs_in_a_clean_venv_with_three_packages(exported, tmp_path):

@@ -31,6 +31,6 @@ def test_verdict_compares_with_the_best_baseline(model, cnn, negative) -> None:
     assert result["negative_transfer"] is negative
     lo, hi = result["transfer_gain_ci"]
     assert lo == pytest.approx(model - cnn) == pytest.approx(hi)  # paired: the noise cancels
-    assert any(line.startswith("WARNING") for line in summary_lines(result)) is negative
+    assert any("NEGATIVE TRANSFER" in line for line in summary_lines(result)) is negative
     assert ("NEGATIVE TRANSFER" in verdict(result)) is negative
     assert "small_cnn" in verdict(result)

@@ -4,16 +4,17 @@ overrides, the pipeline's figures for the report. (The whole loop: tests/e2e/tes
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from graft.core.config import ConfigError, load_params
 from graft.core.layout import Layout
+from graft.lifecycle.report import markdown
 from graft.lifecycle.retrain import (
     RetrainError,
-    apply_overrides,
     compare_manifests,
     manifest_hash,
     pipeline_metrics,
+    restore_params,
+    run_params,
 )
 from tests.fixtures import manifest_frame as manifest
 
@@ -39,24 +40,51 @@ def test_compare_manifests_reports_no_change_additions_and_no_champion():
     assert first["changed"] and first["summary"] == "no champion yet; 3 images"
 
 
-def test_apply_overrides_writes_checked_values_into_params_yaml(tmp_path):
+USER_PARAMS = ("# my own notes\nfinetune:\n  lr: 0.001   # tuned by hand\n"
+               "  c_grid: [0.1, 1.0]\ningest:\n  path: my-images\n")
+
+
+def test_run_params_hold_the_overrides_for_the_run_only(tmp_path):
     layout = Layout(tmp_path)
-    layout.params.write_text(yaml.safe_dump({"finetune": {"lr": 0.001}}))
-    apply_overrides(layout, "/data/new", {"finetune.c_grid": [0.5]})
-    params = load_params(layout.params)
-    assert params.ingest.path == "/data/new" and params.finetune.c_grid == [0.5]
-    assert params.finetune.lr == 0.001
-    with pytest.raises(ConfigError, match="finetune.epochs: expected an integer"):
-        apply_overrides(layout, None, {"finetune.epochs": "many"})
-    with pytest.raises(RetrainError, match="expected section.key"):
-        apply_overrides(layout, None, {"lr": 0.1})
-    assert load_params(layout.params).finetune.epochs == 15  # a rejected override writes nothing
+    layout.params.write_text(USER_PARAMS)
+    with run_params(layout, "/data/new", {"finetune.c_grid": [0.5]}) as changes:
+        params = load_params(layout.params)  # what the run's `dvc repro` reads
+        assert params.ingest.path == "/data/new" and params.finetune.c_grid == [0.5]
+        assert params.finetune.lr == 0.001 and changes["ingest.path"] == "/data/new"
+    assert layout.params.read_text() == USER_PARAMS  # comments, flow lists, ingest.path: theirs
+    assert not layout.retrain_params.exists()
+    with pytest.raises(ConfigError, match="finetune.epochs: expected an integer"), \
+            run_params(layout, None, {"finetune.epochs": "many"}):
+        pass
+    with pytest.raises(RetrainError, match="expected section.key"), \
+            run_params(layout, None, {"lr": 0.1}):
+        pass
+    with pytest.raises(RuntimeError), run_params(layout, None, {"finetune.lr": 0.5}):
+        raise RuntimeError("the run crashed")
+    assert layout.params.read_text() == USER_PARAMS  # a rejected or crashed run writes nothing
 
 
-def test_pipeline_metrics_are_the_numbers_of_the_evaluate_metrics(tmp_path):
+def test_a_killed_runs_params_come_back_unless_the_user_edited_them(tmp_path):
+    layout = Layout(tmp_path)
+    layout.params.write_text(USER_PARAMS)
+    killed = run_params(layout, None, {"finetune.lr": 0.5})
+    killed.__enter__()  # a run killed inside: the journal and the run's params stay
+    assert load_params(layout.params).finetune.lr == 0.5
+    assert restore_params(layout) and layout.params.read_text() == USER_PARAMS
+    killed = run_params(layout, None, {"finetune.lr": 0.5})
+    killed.__enter__()
+    layout.params.write_text("finetune:\n  lr: 0.2\n")  # the user edited it since: theirs wins
+    assert not restore_params(layout) and load_params(layout.params).finetune.lr == 0.2
+
+
+def test_pipeline_metrics_are_the_headline_test_figures_read_as_people_do(tmp_path):
     layout = Layout(tmp_path)
     assert pipeline_metrics(layout) is None  # before the evaluate stage
     layout.metrics_dir.mkdir()
-    layout.metrics("evaluate").write_text('{"accuracy": 0.9, "n_test": 30, "best_baseline": '
-                                          '"small_cnn", "negative_transfer": false}')
-    assert pipeline_metrics(layout) == {"accuracy": 0.9, "n_test": 30}
+    layout.metrics("scores").write_text('{"accuracy": 0.80851, "roc_auc": 0.97712, '
+                                        '"baseline": 0.697, "gain": 0.1115}')
+    figures = pipeline_metrics(layout)
+    assert figures == {"accuracy": 0.80851, "roc_auc": 0.97712, "baseline": 0.697, "gain": 0.1115}
+    text = markdown({"status": "kept champion", "pipeline_metrics": figures})
+    assert "| accuracy | 80.9% |" in text and "| gain | +11.2 pts |" in text
+    assert "| roc_auc | 0.977 |" in text and "0.80851" not in text

@@ -73,15 +73,16 @@ def test_dynamic_batch_matches_torch(exported, batch):
 def test_failed_parity_raises_and_keeps_previous_onnx(exported, monkeypatch):
     layout, _ = exported
     before = layout.onnx.read_bytes()
-    # Perturb what the torch side gives: the exported graph is now wrong by 0.5 per logit.
-    real = export.score_files
+    # Perturb the reference: the exported graph is now wrong by 0.5 per logit.
+    real = export._reference
 
     def skewed(*args, **kwargs):
-        logits = real(*args, **kwargs)
-        return {**logits, "torch": logits["torch"] + 0.5}
+        logits, rows, against = real(*args, **kwargs)
+        return logits + 0.5, rows, against
 
-    monkeypatch.setattr(export, "score_files", skewed)
-    with pytest.raises(export.ExportError, match=r"parity check failed.*0\.5.*allowed 0\.0001"):
+    monkeypatch.setattr(export, "_reference", skewed)
+    with pytest.raises(export.ExportError,
+                       match=r"parity check against .* failed.*= 0\.5.*allowed 0\.0001"):
         export.run(export_params(), layout)
     assert layout.onnx.read_bytes() == before
     assert not list(layout.models.glob(".*tmp*")) and not list(layout.models.glob(".export-*"))
@@ -115,8 +116,8 @@ def test_failing_int8_gate_publishes_fp32_only_and_names_both_figures(tmp_path):
     params = dataclasses.replace(params, export=dataclasses.replace(params.export,
                                                                     max_int8_drop=-100.0))
     with pytest.raises(export.ExportError,
-                       match=r"model\.int8\.onnx: int8 test accuracy \d+\.\d\d% vs fp32 "
-                             r"\d+\.\d\d%.*exceeds export\.max_int8_drop = -100\.0"):
+                       match=r"model\.int8\.onnx: int8 on \d+ test images \(\d+\.\d\d% vs fp32 "
+                             r"\d+\.\d\d%\).*exceeds export\.max_int8_drop = -100\.0"):
         export.run(params, layout)
     assert read_metadata(layout.onnx)["precision"] == "fp32"  # the fp32 model was published
     assert not layout.onnx_int8.exists()  # the stale file is gone, no new one written

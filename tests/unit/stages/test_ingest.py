@@ -163,7 +163,7 @@ def test_fashion_mnist_idx_files(tmp_path, compress):
         write_idx(folder / f"{name}-labels-idx1-ubyte{suffix}", labels, compress)
     layout = Layout(tmp_path / "proj")
     metrics = ingest.run(ingest_params("fashion-mnist", folder, {
-        "test_size": 20, "val_per_class": 2, "shots_per_class": 3}), layout)
+        "test_size": 20, "val_per_class": 2, "val_fraction": 0.5, "shots_per_class": 3}), layout)
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (30, 20, 20)
     df = read_manifest(layout.manifest)
     assert set(df["label"]) == set(FASHION_MNIST_CLASSES)

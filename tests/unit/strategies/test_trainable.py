@@ -1,14 +1,14 @@
 """graft.strategies.trainable: which weights train, in which parameter group, at which lr
 (partial freezing, L2-SP in place of weight decay, layer-wise lr decay), and the train mode that
-keeps frozen BatchNorm statistics (graft.strategies.training.set_train_mode)."""
+keeps frozen BatchNorm statistics (graft.strategies.step.set_train_mode)."""
 
 from __future__ import annotations
 
 import pytest
 
 from graft.models.backbones import create_model
+from graft.strategies.step import set_train_mode
 from graft.strategies.trainable import freeze, layer_depth, param_groups
-from graft.strategies.training import set_train_mode
 from tests.fixtures import BACKBONE, CLASSES, finetune_params
 
 

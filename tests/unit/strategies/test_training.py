@@ -16,7 +16,7 @@ from graft.core.layout import Layout
 from graft.models.backbones import create_model, get_spec
 from graft.models.checkpoint import load_checkpoint
 from graft.stages import finetune
-from graft.strategies import training
+from graft.strategies import step, training
 from tests.fixtures import BACKBONE, CLASSES, FAST, drop_val, finetune_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -127,21 +127,20 @@ def test_balanced_class_weights_match_scikit_learn() -> None:
 
     y = np.array([0, 0, 0, 0, 1, 2, 2])
     p = finetune_params(class_weight="balanced").finetune
-    ours = training._class_weights(torch.from_numpy(y), 3, p).numpy()
+    ours = step.class_weights(torch.from_numpy(y), 3, p).numpy()
     np.testing.assert_allclose(ours, compute_class_weight("balanced", classes=np.arange(3), y=y),
                                rtol=1e-6)
-    assert training._class_weights(torch.from_numpy(y), 3, finetune_params().finetune) is None
+    assert step.class_weights(torch.from_numpy(y), 3, finetune_params().finetune) is None
 
 
 def test_label_smoothing_reaches_the_training_loss() -> None:
     model = nn.Module()
     model.classifier = nn.Linear(2, 3)
-    data = training.Data(*(torch.zeros(0),) * 4)
     for eps in (0.0, 0.3):
-        step = training._prepare(model, data, finetune_params(label_smoothing=eps).finetune,
-                                 torch.device("cpu"), 3)
+        made = step.make_step(model, torch.zeros(0), finetune_params(label_smoothing=eps).finetune,
+                              torch.device("cpu"), 3)
         logits = torch.tensor([[20.0, 0.0, 0.0]])  # confident and right
-        loss = float(step.criterion(logits, torch.tensor([0])))
+        loss = float(made.criterion(logits, torch.tensor([0])))
         # smoothed target (1 − ε + ε/3, ε/3, ε/3): the ε/3 terms cost about 20 nats each
         assert loss == pytest.approx(2 * eps / 3 * 20, abs=1e-3)
 

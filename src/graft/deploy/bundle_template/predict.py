@@ -11,6 +11,7 @@ be decoded are reported on stderr and skipped; the exit code is then 1.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 DEFAULT_MAX_PIXELS = 40_000_000  # width × height; refused above this as a decompression bomb
 RESIZE_POLICY = "shorter_side_bilinear_center_crop"
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+MAX_INPUT_SIZE = 4096  # pixels; a metadata size beyond it is refused, not allocated
 
 
 class ImageError(ValueError):
@@ -102,6 +104,28 @@ def to_array(img: Image.Image, size: int, mean: list[float], std: list[float]) -
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
+def metadata_problem(names, size, mean, std, inputs, outputs) -> str | None:
+    """What is wrong with the model's metadata, checked against its graph (as graft's
+    graft.deploy.onnx_model does), or None."""
+    def numbers(v):
+        return isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "graft.class_names must be a non-empty list of strings"
+    if not numbers(mean) or not numbers(std) or min(std) <= 0:
+        return "graft.mean / graft.std must be three finite numbers, std > 0"
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_INPUT_SIZE:
+        return f"graft.input_size must be an integer in [1, {MAX_INPUT_SIZE}]"
+    shape_in, shape_out = list(inputs[0].shape), list(outputs[0].shape)
+    static = [(d, e) for d, e in zip(shape_in[1:] + shape_out[1:], [3, size, size, len(names)],
+                                     strict=False) if isinstance(d, int)]
+    if len(shape_in) != 4 or len(shape_out) != 2 or any(d != e for d, e in static):
+        return (f"disagrees with the graph: input {shape_in}, output {shape_out}, metadata "
+                f"input_size {size}, {len(names)} class names")
+    return None
+
+
 class Model:
     """A Graft .onnx file: metadata checked, session on the best available provider."""
 
@@ -117,13 +141,23 @@ class Model:
         if meta.get("graft.resize") != RESIZE_POLICY:
             raise SystemExit(f"error: {path}: resize policy {meta.get('graft.resize')!r} "
                              f"is not supported (this script implements {RESIZE_POLICY!r})")
-        self.class_names = json.loads(meta["graft.class_names"])
-        self.size = int(json.loads(meta["graft.input_size"]))
-        self.mean, self.std = json.loads(meta["graft.mean"]), json.loads(meta["graft.std"])
+        try:
+            self.class_names = json.loads(meta["graft.class_names"])
+            self.size = json.loads(meta["graft.input_size"])
+            self.mean, self.std = json.loads(meta["graft.mean"]), json.loads(meta["graft.std"])
+        except (KeyError, ValueError) as exc:
+            raise SystemExit(f"error: {path}: metadata unreadable ({exc})") from None
+        problem = metadata_problem(self.class_names, self.size, self.mean, self.std,
+                                   self.session.get_inputs(), self.session.get_outputs())
+        if problem:
+            raise SystemExit(f"error: {path}: metadata {problem}")
         self.input_name = self.session.get_inputs()[0].name
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         logits = self.session.run(None, {self.input_name: x})[0].astype(np.float64)
+        if logits.shape[1:] != (len(self.class_names),):
+            raise SystemExit(f"error: the model outputs {logits.shape[1:]} logits per image "
+                             f"for {len(self.class_names)} class names")
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
@@ -175,10 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([{"path": path, "top_k": [{"label": lb, "prob": round(p, 6)}
                                                     for lb, p in top]} for path, top in rows],
                          indent=2))
-    else:
-        sep = "," if args.format == "csv" else "  "
+    elif args.format == "csv":  # `graft predict --format csv`'s columns; quoted: a path or a
+        out = csv.writer(sys.stdout, lineterminator="\n")  # label may hold a comma or newline
+        out.writerow(["path", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "prob")]])
         for path, top in rows:
-            print(sep.join([path, *[f"{lb}{sep}{p:.6f}" for lb, p in top]]))
+            out.writerow([path, *[v for lb, p in top for v in (lb, f"{p:.6f}")]])
+    else:  # an aligned table with a header, as `graft predict` prints it
+        table = [["path", *[f"top-{i}" for i in range(1, k + 1)]]]
+        table += [[path, *[f"{lb} ({p:.3f})" for lb, p in top]] for path, top in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
     return 1 if failures else 0
 
 
