@@ -1,4 +1,5 @@
-"""What Prefect costs per stage: a stage run in-process, as an ephemeral flow, and against a server.
+"""What Prefect costs per stage: in-process, on Graft's shared temporary server (the first stage of
+a run starts it, the later ones find it), and against a running `prefect server`.
 
     python benchmarks/orchestration.py [--stage validate] [--root .] [--repeats 3]
 
@@ -60,9 +61,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = {**os.environ, "PREFECT_HOME": tmp, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         base.pop("PREFECT_API_URL", None)
+        base["GRAFT_PREFECT_IDLE_S"] = "5"  # each fresh home's server goes soon after its run
         rows = {"in-process (--no-prefect)": [_time([*cmd, "--no-prefect"], base, args.root)
-                                              for _ in range(args.repeats)],
-                "ephemeral Prefect": [_time(cmd, base, args.root) for _ in range(args.repeats)]}
+                                              for _ in range(args.repeats)]}
+        # a new PREFECT_HOME each time: no server to find, the stage starts one
+        rows["shared temporary server, first stage"] = [
+            _time(cmd, {**base, "PREFECT_HOME": str(Path(tmp) / f"fresh-{i}")}, args.root)
+            for i in range(args.repeats)]
+        _time(cmd, base, args.root)  # starts the shared server of `base`'s home
+        rows["shared temporary server, later stages"] = [_time(cmd, base, args.root)
+                                                         for _ in range(args.repeats)]
         server, url, start_s = _start_server(Path(tmp) / "server")
         try:
             rows["Prefect server"] = [_time(cmd, {**base, "PREFECT_API_URL": url}, args.root)

@@ -135,7 +135,8 @@ def _record_in_dvc(root: Path) -> None:
     import shutil
     import subprocess
 
-    dvc = shutil.which("dvc")
+    beside = Path(sys.executable).parent / "dvc"  # graft's own venv, even when not on PATH
+    dvc = str(beside) if beside.exists() else shutil.which("dvc")
     if not (root / ".dvc").is_dir() or dvc is None:
         return
     done = subprocess.run([dvc, "commit", "--force", "--quiet"], cwd=root, capture_output=True,

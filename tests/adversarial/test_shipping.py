@@ -119,9 +119,9 @@ def test_bundle_and_predict_ship_the_champion_not_the_workspace(tmp_path):
 
 
 def test_a_failed_export_says_precisely_what_was_kept():
-    logits = {"torch": np.zeros((2, 3)), "fp32": np.ones((2, 3)) * [0, 0, 1]}
+    reference, exported = np.zeros((2, 3)), np.ones((2, 3)) * [0, 0, 1]
     with pytest.raises(ExportError) as err:
-        check_parity(logits, 1e-4, Path("models/model.onnx"))
+        check_parity(reference, exported, 1e-4, Path("models/model.onnx"), "torch")
     message = str(err.value)
     assert "nothing was published" in message and "dvc repro" in message
     assert "models/champion/" in message and "was kept" not in message

@@ -215,7 +215,8 @@ def test_bundled_predict_writes_real_csv(tmp_path, capsys):
     images = [write_image(tmp_path / name) for name in ("a,b.png", 'say "hi".png', "plain.png")]
     assert _template().main([*map(str, images), "--model", str(model), "--format", "csv",
                              "--top-k", "3"]) == 0
-    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    header, *rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert header == ["path", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3"]
     assert sorted(r[0] for r in rows) == sorted(map(str, images))
     assert all(len(r) == 7 and set(r[1::2]) == set(names) for r in rows)
     code, out = graft_cli("predict", *images, "--model", model, "--format", "csv")

@@ -20,7 +20,7 @@ from graft.core.layout import Layout
 from graft.data.manifest import read_manifest, write_manifest
 from graft.evaluation.transferability import rank_backbones
 from graft.lifecycle import registry
-from tests.fixtures import finetune_params, make_version
+from tests.fixtures import BIN, finetune_params, make_version
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -122,3 +122,25 @@ def test_version_and_plain_help() -> None:
     help_text = runner.invoke(app, ["bench", "--help"]).output
     assert "--train " in help_text and "<bool>" not in help_text and "╭" not in help_text
     assert "--verbose" in runner.invoke(app, ["--help"]).output
+
+
+def test_what_graft_run_did_is_recorded_in_dvc_lock(tmp_path) -> None:
+    """`graft run` runs the stages outside DVC; afterwards `dvc status` must not call every
+    stage changed (graft.cli._record_in_dvc: `dvc commit`)."""
+    from graft.cli import _record_in_dvc
+
+    dvc = str(BIN / "dvc")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    (tmp_path / "params.yaml").write_text("n: 1\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"count": {
+        "cmd": "python -c \"open('out.txt', 'w').write('1')\"", "params": ["n"],
+        "outs": ["out.txt"]}}}))
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics",
+                                                              "false"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    (tmp_path / "out.txt").write_text("1")  # what the stage makes, made outside DVC
+    _record_in_dvc(tmp_path)
+    status = subprocess.run([dvc, "status"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert "up to date" in status, status
+    assert "out.txt" in (tmp_path / "dvc.lock").read_text()

@@ -11,17 +11,18 @@ import time
 import urllib.request
 
 CHILD = """
+import sys, time
 from graft.prefect_server import shared_server
 with shared_server() as url:
-    print(url)
+    print(url, flush=True)
+    time.sleep(float(sys.argv[1]))
 """
 
 
-def _stage(env: dict[str, str]) -> str:
-    """What a `graft <stage>` process does: take a lease on the shared server, then leave."""
-    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
-                          text=True, timeout=180, check=True)
-    return proc.stdout.strip()
+def _stage(env: dict[str, str], hold_s: float = 0.0) -> subprocess.Popen:
+    """What a `graft <stage>` process does: take a lease on the shared server, work, leave."""
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(hold_s)], env=env,
+                            stdout=subprocess.PIPE, text=True)
 
 
 def _answers(url: str) -> bool:
@@ -34,22 +35,29 @@ def _answers(url: str) -> bool:
 
 def test_stages_share_one_server_that_stops_when_idle(tmp_path):
     home = tmp_path / "prefect-home"
-    env = {**os.environ, "PREFECT_HOME": str(home), "GRAFT_PREFECT_IDLE_S": "8"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "GRAFT_PREFECT_IDLE_S": "3"}
     env.pop("PREFECT_API_URL", None)
-    first = _stage(env)
-    assert first.startswith("http://127.0.0.1:") and _answers(first)
-    second = _stage(env)  # the next stage, a moment later: the same server, no new start-up
-    assert second == first
-    assert json.loads((home / "graft-server.json").read_text())["url"] == first
+    first = _stage(env, hold_s=60)
+    try:
+        url = first.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and _answers(url)
+        second = _stage(env)  # the next stage while the first still runs: the same server
+        assert second.stdout.readline().strip() == url and second.wait(timeout=120) == 0
+        assert json.loads((home / "graft-server.json").read_text())["url"] == url
+        assert _answers(url)  # the first stage's lease keeps it up past the idle time
+    finally:
+        first.kill()
+        first.wait()
     deadline = time.monotonic() + 60
-    while _answers(first) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not _answers(first), "the idle server was not stopped"
+    while _answers(url) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _answers(url), "the idle server was not stopped"
     assert not (home / "graft-server.json").exists()
-    assert not list((home / "graft-leases").iterdir())  # every stage gave its lease back
+    assert not list((home / "graft-leases").iterdir())  # a killed stage's lease is cleared too
 
 
 def test_a_users_own_server_is_used_as_it_is(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_API_URL": "http://h:1/api"}
-    assert _stage(env) == "None"  # shared_server yields None: nothing started
+    child = _stage(env)
+    assert child.stdout.readline().strip() == "None" and child.wait(timeout=120) == 0
     assert not (tmp_path / "graft-server.json").exists()

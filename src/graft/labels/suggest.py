@@ -111,8 +111,8 @@ def margin_picks(z: np.ndarray, labelled: np.ndarray, probs: np.ndarray, n: int,
 def _doubt_reason(p: np.ndarray, m: float, group: int, classes: list[str]) -> str:
     first, second = np.argsort(-p)[:2]
     spread = f"; the most central of {group} such images" if group > 1 else ""
-    return (f"the model hesitates between {classes[first]!r} and {classes[second]!r} "
-            f"(margin {m:.2f}){spread}")
+    return (f"among the images the model is least sure of: {classes[first]!r} or "
+            f"{classes[second]!r} (margin {m:.2f}){spread}")
 
 
 def random_picks(labelled: np.ndarray, n: int, seed: int) -> list[Pick]:

@@ -67,7 +67,7 @@ def test_margin_picks_take_the_doubtful_images_and_never_a_labelled_one():
     assert {p.index for p in picks} <= doubtful  # spread over the 30 most doubtful
     assert [p.score for p in picks] == sorted((p.score for p in picks), reverse=True)
     assert m[[p.index for p in picks]].mean() < m[free].mean()
-    assert "hesitates between" in picks[0].reason
+    assert "least sure of" in picks[0].reason
     assert np.allclose(probs.sum(axis=1), 1)
     assert suggest.resolve_method("auto", np.array([3, 2, 3]), 3) == "kmeans"
     assert heads.margin(np.array([[0.7, 0.2, 0.1]])) == pytest.approx([0.5])
