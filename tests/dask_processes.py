@@ -50,7 +50,7 @@ class DaskProcesses:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
         self.env.update({"OMP_NUM_THREADS": "1", "DASK_CONFIG": str(folder / "dask-config"),
                          "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": no_workers_timeout,
-                         "PYTHONPATH": os.pathsep.join(sys.path)})  # the tests' own graft
+                         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})  # our graft
         self.env.pop("PREFECT_API_URL", None)
         if prefect_api:
             self.env["PREFECT_API_URL"] = prefect_api
