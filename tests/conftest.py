@@ -2,6 +2,8 @@
 
 - `pattern_folder`: a tiny synthetic image folder;
 - `prefect_server`: a real Prefect server on 127.0.0.1 (session);
+- `dask_cluster`: a real `dask scheduler` and two `dask worker` processes on 127.0.0.1 reporting
+  to that server (session); `prefect_api`: this process's flows report to it too;
 - `one_thread`: one torch intra-op thread for a module (`pytestmark = usefixtures(...)`);
 - `tiny_base` / `tiny_layout`: the tiny finetune project (3 classes, 4 train + 3 val images per
   class, Lite0 embeddings at 32 px cached), built once per module, copied fresh for each test;
@@ -15,12 +17,14 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from graft.core.device import torch_threads
 from graft.core.layout import Layout
+from tests.dask_processes import DaskProcesses
 from tests.fixtures import (
     BIN,
     copy_stage_outputs,
@@ -113,3 +117,27 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory,
+                 prefect_server: str) -> Iterator[DaskProcesses]:
+    """`dask scheduler` + two `dask worker` processes (tests.dask_processes), not waited for: a
+    test calls `wait()` once its other fixtures are built, so the workers' imports overlap with
+    them. Always stopped after the session."""
+    cluster = DaskProcesses(tmp_path_factory.mktemp("dask"), workers=2,
+                            prefect_api=prefect_server, preload="graft.embeddings.cluster")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture()
+def prefect_api(prefect_server: str) -> Iterator[str]:
+    """This process's flows report to the session's server (Prefect is imported already, so the
+    setting goes through its settings context; the Dask workers get it from their environment)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        yield prefect_server

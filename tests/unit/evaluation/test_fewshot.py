@@ -100,3 +100,33 @@ def test_params_are_checked_strictly(tmp_path: Path) -> None:
             fewshot.load_fewshot_params(path)
     shipped = fewshot.load_fewshot_params(REPO / "pipelines" / "fewshot-benchmark" / "params.yaml")
     assert shipped.shots == [1, 5, 10, 20] and shipped.episodes == 5
+
+
+def test_the_episodes_fan_out_over_a_dask_cluster(tiny_run, tmp_path: Path, dask_cluster,
+                                                  prefect_api) -> None:
+    from distributed import Client
+
+    pytest.importorskip("prefect_dask")
+    # a corner of the tiny grid (its rows do not depend on the rest), so that it stays cheap
+    small = {**TINY, "shots": [1], "strategies": ["prototype"], "backbones": BACKBONES[:1]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"fewshot": {**small, "cluster": dask_cluster.address}}))
+    p = fewshot.load_fewshot_params(tmp_path / "params.yaml")
+    dask_cluster.wait()
+    with Client(dask_cluster.address) as client:
+        count = lambda dask_worker: dask_worker.state.executed_count  # noqa: E731
+        before = sum(client.run(count).values())
+        fewshot.run(p, tmp_path, log=False)
+        assert sum(client.run(count).values()) - before == 2  # one task per episode
+    assert sorted(q.name for q in (tmp_path / "work").iterdir()) == [
+        "digits-episode0", "digits-episode1"]
+    keys = ["dataset", "backbone", "strategy", "shots", "episode"]
+    local = pd.read_csv(tiny_run[0] / "results.csv")
+    local = local.loc[(local["shots"] == 1) & local["strategy"].isin(
+        ["prototype", "pixels_logreg"]) & local["backbone"].isin([*BACKBONES[:1], "pixels"])]
+    local = local.sort_values(keys)
+    remote = pd.read_csv(tmp_path / "results.csv").sort_values(keys)
+    assert len(remote) == 4  # 2 episodes × (prototype + the raw-pixel baseline)
+    assert local[keys].values.tolist() == remote[keys].values.tolist()
+    # the same images and seeds; stores filled in other batches differ by float rounding only
+    np.testing.assert_allclose(remote["accuracy"], local["accuracy"], atol=0.02)
