@@ -48,8 +48,7 @@ def scratch_project(dest: Path, params: Path) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
     shutil.copy(params, dest / "params.yaml")
-    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "config", "core.analytics", "false"]):
-        subprocess.run(cmd, cwd=dest, check=True)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # .dvc/ came with the files
     return dest
 
 
@@ -112,7 +111,6 @@ def main() -> None:
     env["PREFECT_HOME"] = str(scratch / "prefect-home")
     dvc = str(BIN / "dvc")
     try:
-        subprocess.run([dvc, "init", "-q"], cwd=root, env=env, check=True)
         cold = timed([dvc, "repro"], root, env)
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         passes = backbone_passes(root)
