@@ -38,8 +38,9 @@ demo: setup
 	$(BIN)/dvc repro
 	$(BIN)/graft summary
 
+# one test file per worker, a worker per core: module fixtures are built once per file
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests flows benchmarks
