@@ -79,21 +79,23 @@ def _check_params_early(root: Path, params: Path | None) -> None:
 def _run_stage(stage: str, root: Path, params: Path | None, no_prefect: bool) -> dict:
     from graft.prefect_server import shared_server
 
+    started = time.perf_counter()
     with _user_errors():
         _check_params_early(root, params)
         if no_prefect:  # no Prefect import either (~3 s; every torchrun rank runs this)
             from graft.stages import run_stage
 
-            return run_stage(stage, root, params)
-        with shared_server() as url:
-            from graft import flows  # imports prefect: after PREFECT_API_URL is settled
+            metrics, where = run_stage(stage, root, params), "in-process"
+        else:
+            with shared_server() as url:
+                from graft import flows  # imports prefect: after PREFECT_API_URL is settled
 
-            started = time.perf_counter()
-            metrics = flows.STAGE_FLOWS[stage](str(root), str(params) if params else None)
-            typer.echo(f"{stage}: Prefect flow run completed in "
-                       f"{time.perf_counter() - started:.1f} s on "
-                       f"{url or os.environ['PREFECT_API_URL']} (-v: Prefect's logs)", err=True)
-            return metrics
+                metrics = flows.STAGE_FLOWS[stage](str(root), str(params) if params else None)
+                where = f"Prefect flow run on {url or os.environ['PREFECT_API_URL']}"
+    # one line per stage; the metrics are in their file (all of them with -v)
+    typer.echo(f"{stage}: done in {time.perf_counter() - started:.1f} s ({where}); "
+               f"{Layout(root).metrics(stage)}", err=True)
+    return metrics
 
 
 def _stage_command(stage: str) -> None:
@@ -105,7 +107,7 @@ def _stage_command(stage: str) -> None:
             from graft.labels.report import console_lines
 
             _print_lines(console_lines(metrics))
-        else:
+        elif os.environ.get("GRAFT_VERBOSE"):
             typer.echo(json.dumps(metrics, indent=2, default=str))
 
     command.__doc__ = f"Run the {stage} stage (reads params.yaml: {stage})."

@@ -144,3 +144,16 @@ def test_what_graft_run_did_is_recorded_in_dvc_lock(tmp_path) -> None:
                             text=True, check=True).stdout
     assert "up to date" in status, status
     assert "out.txt" in (tmp_path / "dvc.lock").read_text()
+
+
+def test_a_stage_says_what_it_did_in_two_lines(tmp_path, pattern_folder) -> None:
+    """Off a terminal (dvc repro, CI): how ingest split the images, then one line naming the
+    metrics file; no JSON dump, nothing on stdout."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ingest": {
+        "source": "folder", "path": str(pattern_folder), "shots_per_class": None}}))
+    proc = _graft(["ingest", "--no-prefect", "--root", str(tmp_path)], tmp_path)
+    lines = proc.stderr.strip().splitlines()[:-1]  # the probe's own last line
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("ingest: 36 images, 3 classes → train ")
+    assert lines[1].startswith("ingest: done in ") and "metrics/ingest.json" in lines[1]
