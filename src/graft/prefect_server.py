@@ -130,16 +130,20 @@ def keep(port: int) -> None:
          "--lifespan", "on"], env=env)
     signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     idle_since = time.monotonic()
-    while server.poll() is None:
-        time.sleep(POLL_S)
-        with _locked(folder / "graft-server.lock"):
-            if _held(leases):
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > IDLE_S:
-                (folder / "graft-server.json").unlink(missing_ok=True)
-                server.terminate()
-                break
-    server.wait(timeout=30)
+    try:
+        while server.poll() is None:
+            time.sleep(POLL_S)
+            with _locked(folder / "graft-server.lock"):
+                if _held(leases):
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_S:
+                    (folder / "graft-server.json").unlink(missing_ok=True)
+                    break
+    except OSError:  # Prefect's home was removed under us: nobody can find this server again
+        pass
+    finally:  # whatever stops the keeper stops the server: never an orphan
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def _held(leases: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,3 +62,17 @@ def test_a_users_own_server_is_used_as_it_is(tmp_path):
     child = _stage(env)
     assert child.stdout.readline().strip() == "None" and child.wait(timeout=120) == 0
     assert not (tmp_path / "graft-server.json").exists()
+
+
+def test_the_server_stops_when_its_home_is_removed(tmp_path):
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "GRAFT_PREFECT_IDLE_S": "600"}
+    env.pop("PREFECT_API_URL", None)
+    child = _stage(env)
+    url = child.stdout.readline().strip()
+    assert child.wait(timeout=120) == 0 and _answers(url)
+    shutil.rmtree(home)  # e.g. a benchmark's scratch folder, cleaned up
+    deadline = time.monotonic() + 60
+    while _answers(url) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _answers(url), "an orphaned server outlived its home"
