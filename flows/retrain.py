@@ -1,6 +1,6 @@
 """Entry point of the Prefect deployment `graft-retrain` (the flow itself is graft.flows.retrain).
 
-Two ways to run it on a schedule (README "Scheduled retraining"):
+Two ways to run it on a schedule (docs/retraining.md):
 - `prefect deploy --all` reads prefect.yaml (cron, parameters, concurrency limit 1) and a
   process worker runs it: `prefect worker start --pool graft`;
 - `python flows/retrain.py` serves the same deployment from this process, no work pool needed.
