@@ -24,7 +24,17 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-IDLE_S = float(os.environ.get("GRAFT_PREFECT_IDLE_S", "60"))
+
+def _idle_s() -> float:
+    """GRAFT_PREFECT_IDLE_S, or 60 when it is unset or not a number ≥ 0 (an environment typo must
+    not stop every stage)."""
+    try:
+        return max(0.0, float(os.environ.get("GRAFT_PREFECT_IDLE_S", "60")))
+    except ValueError:
+        return 60.0
+
+
+IDLE_S = _idle_s()
 START_TIMEOUT_S = 120.0  # a loaded 2-core machine has taken over 20 s
 POLL_S = 1.0
 
@@ -65,11 +75,10 @@ def shared_server() -> Iterator[str | None]:
 def _alive(folder: Path) -> str | None:
     """The recorded server's API URL if it answers its health check."""
     try:
-        record = json.loads((folder / "graft-server.json").read_text(encoding="utf-8"))
-        with urllib.request.urlopen(f"{record['url']}/health", timeout=2) as response:
-            return record["url"] if response.status == 200 else None
-    except (OSError, ValueError, KeyError):
+        url = json.loads((folder / "graft-server.json").read_text(encoding="utf-8"))["url"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    return url if answers(url) else None
 
 
 def _start(folder: Path) -> str:
@@ -83,7 +92,7 @@ def _start(folder: Path) -> str:
                          start_new_session=True, env=os.environ.copy())
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if _answers(url):
+        if answers(url):
             (folder / "graft-server.json").write_text(json.dumps({"url": url}) + "\n",
                                                       encoding="utf-8")
             return url
@@ -93,7 +102,8 @@ def _start(folder: Path) -> str:
                       "`prefect server start` and set PREFECT_API_URL")
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether a Prefect API at `url` passes its health check."""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return response.status == 200

@@ -9,7 +9,8 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
+
+from graft.prefect_server import answers
 
 CHILD = """
 import sys, time
@@ -26,13 +27,6 @@ def _stage(env: dict[str, str], hold_s: float = 0.0) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True)
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
 
 def test_stages_share_one_server_that_stops_when_idle(tmp_path):
     home = tmp_path / "prefect-home"
@@ -41,18 +35,18 @@ def test_stages_share_one_server_that_stops_when_idle(tmp_path):
     first = _stage(env, hold_s=60)
     try:
         url = first.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:") and _answers(url)
+        assert url.startswith("http://127.0.0.1:") and answers(url)
         second = _stage(env)  # the next stage while the first still runs: the same server
         assert second.stdout.readline().strip() == url and second.wait(timeout=120) == 0
         assert json.loads((home / "graft-server.json").read_text())["url"] == url
-        assert _answers(url)  # the first stage's lease keeps it up past the idle time
+        assert answers(url)  # the first stage's lease keeps it up past the idle time
     finally:
         first.kill()
         first.wait()
     deadline = time.monotonic() + 60
-    while _answers(url) and time.monotonic() < deadline:
+    while answers(url) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _answers(url), "the idle server was not stopped"
+    assert not answers(url), "the idle server was not stopped"
     assert not (home / "graft-server.json").exists()
     assert not list((home / "graft-leases").iterdir())  # a killed stage's lease is cleared too
 
@@ -70,9 +64,18 @@ def test_the_server_stops_when_its_home_is_removed(tmp_path):
     env.pop("PREFECT_API_URL", None)
     child = _stage(env)
     url = child.stdout.readline().strip()
-    assert child.wait(timeout=120) == 0 and _answers(url)
+    assert child.wait(timeout=120) == 0 and answers(url)
     shutil.rmtree(home)  # e.g. a benchmark's scratch folder, cleaned up
     deadline = time.monotonic() + 60
-    while _answers(url) and time.monotonic() < deadline:
+    while answers(url) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _answers(url), "an orphaned server outlived its home"
+    assert not answers(url), "an orphaned server outlived its home"
+
+
+def test_a_bad_idle_setting_falls_back_instead_of_failing(monkeypatch):
+    from graft.prefect_server import _idle_s
+
+    monkeypatch.setenv("GRAFT_PREFECT_IDLE_S", "abc")
+    assert _idle_s() == 60.0
+    monkeypatch.setenv("GRAFT_PREFECT_IDLE_S", "-5")
+    assert _idle_s() == 0.0
