@@ -1,6 +1,6 @@
 """The whole Graft pipeline as one Prefect flow: `python flows/pipeline.py [ROOT]`.
 
-The six stage flows run in order as subflows of `pipeline` (graft.flows); `graft run` is the
+The seven stage flows run in order as subflows of `pipeline` (graft.flows); `graft run` is the
 same thing with a summary at the end. `dvc repro` runs the same stage flows one process each.
 """
 

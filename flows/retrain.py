@@ -1,4 +1,4 @@
-"""Entry point of the Prefect deployment `graft-retrain` (the flow itself is graft.flows.retrain).
+"""Entry point of the Prefect deployment `graft-retrain` (the flow: graft.retrain_flow.retrain).
 
 Two ways to run it on a schedule (docs/retraining.md):
 - `prefect deploy --all` reads prefect.yaml (cron, parameters, concurrency limit 1) and a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from graft.flows import retrain
+from graft.retrain_flow import retrain
 
 __all__ = ["retrain"]
 

@@ -226,7 +226,7 @@ def retrain(
     source: Annotated[str | None, typer.Option(help="New ingest.path for this run.")] = None,
 ) -> None:
     """Retrain on new data; promote the challenger only if it passes the gate (Prefect flow)."""
-    from graft.flows import retrain as retrain_flow
+    from graft.retrain_flow import retrain as retrain_flow
 
     with _user_errors():
         result = retrain_flow(str(root), source)

@@ -102,7 +102,7 @@ def report(root: Path) -> dict:
 
 KILL_AT_PROMOTE = textwrap.dedent("""
     import os, signal, sys
-    from graft.flows import retrain
+    from graft.retrain_flow import retrain
     from graft.lifecycle import registry
     def die(*args, **kwargs):  # the process dies between training and promotion
         os.kill(os.getpid(), signal.SIGKILL)

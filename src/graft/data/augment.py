@@ -8,8 +8,12 @@ embedding store (graft.embeddings.views) draw from the same transform.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 # Mild on purpose: few-shot images, and a pretrained network that already knows these invariances.
 CROP_SCALE = (0.7, 1.0)  # fraction of the image area kept by RandomResizedCrop
@@ -19,6 +23,10 @@ JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02}
 def build_augment(size: int) -> v2.Transform:
     """Random crop (70–100% of the area, resized back to size×size), flip and colour jitter on
     one uint8 tensor (3, size, size)."""
+    # here, not at the top: torchvision's import costs ~1.5 s (it loads torch._dynamo), which
+    # every stage that merely reads the embedding store would pay
+    from torchvision.transforms import v2
+
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=CROP_SCALE, antialias=True),
         v2.RandomHorizontalFlip(),

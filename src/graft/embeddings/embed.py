@@ -36,11 +36,11 @@ from graft.embeddings.store import (
     read_store,
     resolve_backbone,
     store_path,
+    view_keys,
     weights_dir,
     with_backbone,
     write_store,
 )
-from graft.embeddings.views import view_keys
 from graft.models.backbones import get_spec, weights_path
 
 log = logging.getLogger(__name__)

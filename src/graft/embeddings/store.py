@@ -24,7 +24,6 @@ from graft.core.config import Params
 from graft.core.files import atomic_output
 from graft.core.layout import Layout
 from graft.embeddings.choice import AUTO, check_params  # noqa: F401  (re-exported)
-from graft.embeddings.views import view_keys
 
 VIEW_SPLITS = ("train", "val")  # the rows that get augmented views (features.views)
 
@@ -77,6 +76,12 @@ def store_file(layout: Layout, backbone: str, image_size: int) -> Path:
     """data/features/<backbone>-<size>.npz ('timm:resnet18' → 'timm-resnet18': no ':' in file
     names, for Windows, scp and DVC remotes)."""
     return layout.features / f"{backbone.replace(':', '-')}-{image_size}.npz"
+
+
+def view_keys(sha256: str, n_views: int) -> list[str]:
+    """Store keys of an image's augmented views (graft.embeddings.views): '<sha256>:1' …
+    '<sha256>:N'."""
+    return [f"{sha256}:{i}" for i in range(1, n_views + 1)]
 
 
 def read_store(path: Path) -> dict[str, np.ndarray]:

@@ -23,15 +23,10 @@ from graft.data.augment import augment_batch, build_augment
 from graft.data.images import Preprocessing
 
 
-def view_keys(sha256: str, n_views: int) -> list[str]:
-    """Store keys of an image's views: '<sha256>:1' … '<sha256>:N'."""
-    return [f"{sha256}:{i}" for i in range(1, n_views + 1)]
-
-
 def make_views(images: torch.Tensor, shas: list[str], n_views: int,
                pre: Preprocessing) -> torch.Tensor:
     """uint8 images (B, 3, S, S) → normalised float32 views (B·N, 3, S, S), image-major
-    (image 0's views 1..N, then image 1's, …), matching `view_keys`."""
+    (image 0's views 1..N, then image 1's, …), matching the store's `view_keys`."""
     transform = build_augment(pre.size)
     out = []
     for image, sha in zip(images, shas, strict=True):

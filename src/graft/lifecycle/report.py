@@ -1,7 +1,7 @@
 """What a retrain run tells its reader: the markdown and table artifacts, and the git message.
 
-Pure functions of the run's result dict (built by graft.flows.retrain), so they are tested without
-Prefect and the artifact, reports/retrain.md and the commit message never disagree.
+Pure functions of the run's result dict (built by graft.retrain_flow.retrain), so they are
+tested without Prefect and the artifact, reports/retrain.md and the commit message never disagree.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The steps of the scheduled retrain loop: ingest, detect change, dvc repro, gate, promote, then
-optionally git-commit dvc.lock and dvc push. graft.flows.retrain runs them in this order as
+optionally git-commit dvc.lock and dvc push. graft.retrain_flow.retrain runs them in this order as
 Prefect tasks (retries on the IO ones) and publishes the report as artifacts.
 
 Order matters: the new manifest exists only after ingest, so the loop first runs

@@ -128,9 +128,6 @@ class Strategy:
         """Why this strategy cannot train on `backbone`, or None when it can."""
         return None
 
-    def check(self, p: FinetuneParams, source: str) -> None:
-        """Rules among this strategy's params that graft.core.config cannot express."""
-
 
 class FeatureStrategy(Strategy):
     """A head fitted on cached embeddings; the network that ships is the pretrained backbone

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from graft.core.config import ConfigError, FinetuneParams
+from graft.core.config import FinetuneParams
 from graft.models import ensemble
-from graft.models.backbones import check_backbone, get_spec
 from graft.strategies.base import Curve, Fit, Inputs, Strategy
 from graft.strategies.registry import get_strategy
 
@@ -20,15 +19,6 @@ CURVE = ("member", "backbone", "strategy", "val_accuracy")  # plots/finetune.csv
 
 class Ensemble(Strategy):
     """`finetune.strategy: ensemble`."""
-
-    def check(self, p: FinetuneParams, source: str) -> None:
-        """Every member backbone is known, and all share one preprocessing (mean and std)."""
-        for name in p.ensemble_backbones:
-            check_backbone(name, "finetune.ensemble_backbones", source)
-        if len({get_spec(b).mean + get_spec(b).std for b in p.ensemble_backbones}) > 1:
-            raise ConfigError(f"{source}: finetune.ensemble_backbones = "
-                              f"{p.ensemble_backbones!r} must share one preprocessing (mean and "
-                              "std): the ensemble feeds every backbone the same input")
 
     def fit(self, p: FinetuneParams, inputs: Inputs, budget_s: float | None = None) -> Fit:
         members, heads, feats = [], [], {}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from graft.core.config import ConfigError, FinetuneParams
 
 if TYPE_CHECKING:
+    from graft.models.catalogue import BackboneSpec
     from graft.strategies.base import Strategy
 
 KINDS = ("features", "network", "composite")
@@ -111,7 +112,32 @@ def check_params(p: FinetuneParams, source: str = "params") -> None:
                           f"only: {', '.join(features)})")
     if p.nproc_per_node > 1:
         _check_processes(p, source)
-    get_strategy(p.strategy).check(p, source)
+    key = _entry(p.strategy).backbones_key
+    if key:
+        _check_backbones(getattr(p, key), f"finetune.{key}", source)
+
+
+def _check_backbones(names: list[str], key: str, source: str) -> None:
+    """A strategy reading several backbones' embeddings (ensemble): every one is known, and all
+    share one preprocessing (mean and std), since one input feeds them all. Checked here, not in
+    the strategy's module, so that checking params imports no torch."""
+    from graft.models.catalogue import check_backbone
+
+    for name in names:
+        check_backbone(name, key, source)
+    if len({_spec(b).mean + _spec(b).std for b in names}) > 1:
+        raise ConfigError(f"{source}: {key} = {names!r} must share one preprocessing (mean and "
+                          "std): one input feeds every backbone")
+
+
+def _spec(name: str) -> BackboneSpec:
+    from graft.models.catalogue import BACKBONES, is_timm
+
+    if is_timm(name):
+        from graft.models.backbones import get_spec  # timm's config: imports torch
+
+        return get_spec(name)
+    return BACKBONES[name]
 
 
 def _check_processes(p: FinetuneParams, source: str) -> None:

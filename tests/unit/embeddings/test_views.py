@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from graft.embeddings.views import make_views, view_keys, with_views
+from graft.embeddings.store import view_keys
+from graft.embeddings.views import make_views, with_views
 from graft.models.backbones import get_spec
 from tests.fixtures import BACKBONE, SIZE
 

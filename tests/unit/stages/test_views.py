@@ -9,8 +9,7 @@ import pytest
 
 from graft.core.layout import Layout
 from graft.data.manifest import read_manifest
-from graft.embeddings.store import FeaturesError, load_embeddings, read_store, store_path
-from graft.embeddings.views import view_keys
+from graft.embeddings.store import FeaturesError, load_embeddings, read_store, store_path, view_keys
 from graft.stages import features, finetune
 from tests.fixtures import copy_stage_outputs, make_split_project, views_params
 
