@@ -53,6 +53,12 @@ class Layout:
         """Embedding store, one .npz per (backbone, image size), persisted across runs."""
         return self.root / "data" / "features"
 
+    @property
+    def variants(self) -> Path:
+        """A frozen backbone's INT8 / FP16 copies and their embeddings (graft.deploy.variants),
+        persisted across runs."""
+        return self.root / "data" / "variants"
+
     # models/
     @property
     def models(self) -> Path:
@@ -153,8 +159,8 @@ class Layout:
     def outputs(self) -> tuple[Path, ...]:
         """The folders Graft's stages and commands write (DVC outputs among them); data/ itself
         is not one: users keep their raw images there (data/raw, tracked with `dvc add`)."""
-        return (self.prepared, self.features, self.models, self.reports, self.plots,
-                self.metrics_dir, self.bundle)
+        return (self.prepared, self.features, self.variants, self.models, self.reports,
+                self.plots, self.metrics_dir, self.bundle)
 
     def output_containing(self, path: Path | str) -> Path | None:
         """The output folder that `path` (resolved, symlinks followed) lies in, or None."""
@@ -166,8 +172,8 @@ class Layout:
     def scratch_folders(self) -> tuple[Path, ...]:
         """Where a stage's atomic writes leave temporary files when the run is killed: cleaned
         (graft.core.files.clean_temp) when the next stage starts."""
-        return (self.root / "data", self.prepared, self.features, self.models, self.reports,
-                self.plots, self.metrics_dir)
+        return (self.root / "data", self.prepared, self.features, self.variants, self.models,
+                self.reports, self.plots, self.metrics_dir)
 
     def bench(self, train: bool = False) -> Path:
         """`graft bench`'s report: inference, or with `train` the fine-tuning speed."""

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,27 +46,41 @@ def score_files(files: dict[str, Path], paths: list[Path], pre: Preprocessing, b
     """Logits of each .onnx file on the image files, each image decoded once; a file with an
     entry in `subsets` (row indices) runs on those images only. On the CPU in float32 input:
     the checks are about the graphs, not about a GPU's maths."""
+    runners = {}
+    for name, path in files.items():
+        session = OnnxClassifier(path, providers=["CPUExecutionProvider"])
+        runners[name] = functools.partial(_run, session, path=path, name=name)
+    return run_on_images(runners, paths, pre, batch_size, subsets,
+                         "export: scoring " + ", ".join(files))
+
+
+def run_on_images(runners: dict[str, Callable[[np.ndarray], np.ndarray]], paths: list[Path],
+                  pre: Preprocessing, batch_size: int,
+                  subsets: dict[str, np.ndarray] | None, label: str) -> dict[str, np.ndarray]:
+    """Each runner's outputs on the image files (normalised float32 batches in, (n, ·) out),
+    each image decoded once however many runners want it; a runner with an entry in `subsets`
+    (row indices) gets those images only."""
     subsets = subsets or {}
-    sessions = {name: OnnxClassifier(path, providers=["CPUExecutionProvider"])
-                for name, path in files.items()}
-    wanted = {name: np.zeros(len(paths), bool) for name in files}
-    for name in files:
+    wanted = {name: np.zeros(len(paths), bool) for name in runners}
+    for name in runners:
         wanted[name][subsets.get(name, slice(None))] = True
-    out: dict[str, list[np.ndarray]] = {name: [] for name in files}
+    union = np.flatnonzero(np.any(list(wanted.values()), axis=0)) if runners else []
+    out: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     total = sum(int(w.sum()) for w in wanted.values())
-    with Progress("export: scoring " + ", ".join(files), total, "img") as bar:
-        for start, x in zip(range(0, len(paths), batch_size),
-                            decoded_batches(paths, pre, batch_size), strict=True):
-            for name, session in sessions.items():
-                rows = wanted[name][start : start + len(x)]
+    with Progress(label, total, "img") as bar:
+        for start, x in zip(range(0, len(union), batch_size),
+                            decoded_batches([paths[i] for i in union], pre, batch_size),
+                            strict=True):
+            for name, run in runners.items():
+                rows = wanted[name][union[start : start + len(x)]]
                 if rows.any():
-                    out[name].append(_run(session, x[rows], files[name], name))
+                    out[name].append(run(x[rows]))
                     bar.update(int(rows.sum()))
     return {name: np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
             for name, chunks in out.items()}
 
 
-def _run(session: OnnxClassifier, x: np.ndarray, path: Path, name: str) -> np.ndarray:
+def _run(session: OnnxClassifier, x: np.ndarray, *, path: Path, name: str) -> np.ndarray:
     try:
         return session.logits(x, len(x))
     except Exception as exc:  # onnxruntime's own error types; e.g. int8 at tiny sizes

@@ -119,6 +119,9 @@ def to_fp16(fp32_path: Path | str, out_path: Path | str) -> dict[str, Any]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from graft.models.onnx_graph import sort_nodes
+
     proto = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    sort_nodes(proto.graph)
     onnx.save(proto, str(out_path))
     return {"io_types": "float32"}

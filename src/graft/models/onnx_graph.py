@@ -2,12 +2,14 @@
 
 `export_graph` writes the graph every Graft ONNX file shares: input `image` float32
 (N, 3, S, S) with a dynamic batch axis, checked with onnx.checker. The embedding store exports
-each backbone once this way (graft.embeddings.runtime) and the export stage the whole network
+each backbone once this way (graft.embeddings.runtime); the export stage glues a frozen
+backbone's head onto that graph (`glue_head`), or exports a fine-tuned network whole
 (graft.deploy.onnx_export). `create_session` is the one way Graft opens a graph in onnxruntime.
 """
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +53,66 @@ def export_graph(model: Any, path: Path | str, image_size: int, opset: int,
     except onnx.checker.ValidationError as exc:
         raise GraphError(f"{path}: exported model fails onnx.checker: {exc}") from None
     return proto
+
+
+def glue_head(backbone: Path | str, head: Any, path: Path | str, output_name: str) -> Any:
+    """Write, at `path`, the graph `backbone` (image → pooled features, as the embedding store
+    exports it; fp32 or a reduced-precision copy) followed by `head` (a torch module, features
+    (N, D) → logits), exported at the backbone's opset; return the checked ModelProto. The
+    backbone's nodes and weights are copied as they are, so the file computes exactly what the
+    backbone computed for the store, then the head: no torch pass over the backbone."""
+    import onnx
+    import torch
+    from onnx import compose
+
+    body = onnx.load(str(backbone))
+    opset = next(o.version for o in body.opset_import if o.domain in ("", "ai.onnx"))
+    dim = _static_dim(body.graph.output[0])
+    with tempfile.TemporaryDirectory(prefix="graft-head-") as tmp, warnings.catch_warnings(), \
+            torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # as in export_graph
+        torch.onnx.export(
+            head.eval().cpu(), (torch.zeros(2, dim),), f"{tmp}/head.onnx", dynamo=False,
+            opset_version=opset, input_names=["features"], output_names=[output_name],
+            dynamic_axes={"features": {0: "batch"}, output_name: {0: "batch"}},
+            do_constant_folding=True)
+        top = compose.add_prefix(onnx.load(f"{tmp}/head.onnx"), "head/",
+                                 rename_outputs=False)
+    top.ir_version = body.ir_version
+    model = compose.merge_models(body, top, io_map=[(body.graph.output[0].name,
+                                                     top.graph.input[0].name)])
+    del model.metadata_props[:]  # the caller attaches the file's own
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise GraphError(f"{path}: {backbone} with its head fails onnx.checker: {exc}") from None
+    onnx.save(model, str(path))
+    return model
+
+
+def sort_nodes(graph: Any) -> None:
+    """Order `graph`'s nodes so that each comes after the nodes its inputs come from, as
+    onnx.checker requires (onnxruntime's float16 converter appends its input casts last)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        runnable = [n for n in pending if all(name in ready for name in n.input)]
+        if not runnable:
+            raise GraphError(f"graph {graph.name!r} has a cycle or an input no node makes")
+        for node in runnable:
+            ready.update(node.output)
+        ordered += runnable
+        pending = [n for n in pending if all(n is not r for r in runnable)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _static_dim(output: Any) -> int:
+    """The feature width of a backbone graph's output (N, D)."""
+    dims = output.type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].dim_value:
+        raise GraphError(f"a backbone graph must output (N, D) features, not {dims}")
+    return int(dims[1].dim_value)
 
 
 def fold_static_pads(model: Any, image_size: int) -> Any:

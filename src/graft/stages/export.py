@@ -1,16 +1,21 @@
 """Stage `export`: models/model.pt → model.onnx (fp32), model.int8.onnx, model.fp16.onnx.
 
 Every file carries its class names, preprocessing, backbone, training-params hash and its own
-test accuracy as `graft.*` metadata (graft.deploy.onnx_export). Gates, on the test split of the
-manifest (graft.deploy.gates):
-- fp32 runs on every test image; it must reproduce the trained network (scale-aware |Δlogit|
-  within `export.max_abs_diff`, same top-1) — on every test image when the backbone is frozen
-  (the reference is the head on the cached embeddings), else on `export.parity_images` of them
-  (the reference is torch) — else nothing is published;
-- int8 (static QDQ quantisation, calibrated on training images, graft.deploy.quantize) runs on
-  every test image and may lose at most `export.max_int8_drop` accuracy points against fp32 with
-  at least `export.min_int8_agreement` of its top-1 equal to fp32's; fp16 likewise, on
-  `export.fp16_check_images` of them (fp16 is for GPUs: on a CPU it runs at half fp32's speed).
+test accuracy as `graft.*` metadata (graft.deploy.onnx_export). Two ways to build them:
+- a frozen pretrained backbone with a head (a feature strategy): each file is the graph that
+  filled the embedding store — or its INT8 / FP16 copy, built once and kept with its embeddings
+  of the test images (graft.deploy.variants) — with the head glued on. Each precision is scored
+  on the test split from those embeddings, and each file is run on `export.parity_images` test
+  images and must give those logits (scale-aware |Δlogit| within `export.max_abs_diff`, same
+  top-1), so a rerun that changed only the head runs no image through a backbone but those;
+- any other network (fine-tuned, an ensemble, a baseline): exported whole from torch and every
+  file scored on the test images; fp32 must reproduce the trained network on them (the heads on
+  the cached embeddings for an ensemble of frozen backbones, else torch on `parity_images`).
+Gates, on the test split of the manifest (graft.deploy.gates): a parity failure publishes
+nothing; int8 (static QDQ quantisation, calibrated on training images, graft.deploy.quantize) may
+lose at most `export.max_int8_drop` accuracy points against fp32 with at least
+`export.min_int8_agreement` of its top-1 equal to fp32's; fp16 likewise, on
+`export.fp16_check_images` of them (fp16 is for GPUs: on a CPU it runs at half fp32's speed).
 A variant that fails its gate is not published (a stale copy is removed, since it no longer
 belongs to model.onnx); the stage publishes what passed, writes the metrics, then raises.
 
@@ -21,8 +26,10 @@ from-scratch models/baseline.pt when the evaluate stage found negative transfer 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +48,20 @@ from graft.deploy.onnx_export import ExportError, deployed_kind, metadata, to_on
 from graft.deploy.onnx_model import attach_metadata
 from graft.deploy.publish import publish_set
 from graft.deploy.quantize import quantize_int8, to_fp16
+from graft.deploy.variants import Variant, embeddings_of, variant
+from graft.embeddings.runtime import graph_path
 from graft.embeddings.scoring import logits_from_store
+from graft.embeddings.store import embeddings, read_store, store_file
 from graft.models.checkpoint import deployed_checkpoint, load_checkpoint
+from graft.models.heads import head_logits
 from graft.models.inference import run_model
+from graft.models.onnx_graph import glue_head
 
 __all__ = ["ExportError", "run"]
+
+# the export params an INT8 copy depends on (with the calibration images and the source graph)
+QUANTISATION_KEYS = ("calibration", "per_channel", "reduce_range", "activation_type",
+                     "weight_type")
 
 
 def run(params: Params, layout: Layout) -> dict[str, Any]:
@@ -54,7 +70,6 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     start = time.perf_counter()
     source = deployed_checkpoint(layout)
     model, meta = load_checkpoint(source)
-    pre: Preprocessing = meta["preprocessing"]
     df = read_manifest(layout.manifest)
     test = df[df["split"] == "test"].reset_index(drop=True)
     if test.empty:
@@ -62,34 +77,28 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     y_test = encode_labels(test["label"], list(meta["class_names"]), layout.manifest, "test",
                            "the model")
     paths = absolute_paths(test, layout.manifest)
-    reference, rows, against = _reference(model, meta, layout, test, paths, cfg)
 
     layout.models.mkdir(parents=True, exist_ok=True)
     # Candidates are built in a hidden folder beside the outputs, so publishing is a rename.
     tmp_dir = temp_dir(layout.onnx)
     try:
-        base = metadata(meta, source, len(paths))
-        files, settings = _write_files(model, pre, cfg, tmp_dir, base,
-                                       _calibration_paths(df, layout, cfg))
-        checked = {name: np.arange(len(paths)) for name in files}
-        if "fp16" in files and 0 < cfg.fp16_check_images < len(paths):
-            checked["fp16"] = _fixed_sample(test, cfg.fp16_check_images)
-        logits = score_files(files, paths, pre, cfg.batch_size, checked)
-        parity = check_parity(reference, logits["fp32"][rows], cfg.max_abs_diff, layout.onnx,
-                              against)
+        job = _Job(model, meta, layout, df, test, paths, cfg, tmp_dir,
+                   metadata(meta, source, len(paths)))
+        built = _glued(job) or _whole(job)
+        logits, checked = built.logits, job.checked
         accuracy = {"fp32": float((logits["fp32"].argmax(1) == y_test).mean())}
         variants, failures = {}, []
-        for name in [n for n in files if n != "fp32"]:
+        for name in [n for n in built.files if n != "fp32"]:
             gate = Gate(getattr(cfg, f"max_{name}_drop"), getattr(cfg, f"min_{name}_agreement"))
             variants[name], failure = gate_variant(
                 name, logits["fp32"][checked[name]], logits[name], y_test[checked[name]], gate,
-                settings[name], layout.onnx_variant(name))
+                built.settings[name], layout.onnx_variant(name))
             accuracy[name] = variants[name]["accuracy"]
             failures += [failure] if failure else []
-        passed = {name: path for name, path in files.items()
+        passed = {name: path for name, path in built.files.items()
                   if name == "fp32" or variants[name]["passed"]}
         for name, path in passed.items():
-            attach_metadata(path, {**base, "precision": name,
+            attach_metadata(path, {**job.base, "precision": name,
                                    "test_accuracy": round(accuracy[name], 6),
                                    "n_test": len(checked[name])})
         # one set: a variant left from an older export no longer belongs to the new model.onnx
@@ -100,9 +109,10 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
 
     metrics = {
         **_files_metrics(layout, source, cfg, meta),
-        **parity,
+        **built.parity,
         "max_abs_diff_allowed": cfg.max_abs_diff,
         "parity_passed": True,
+        "scored_from": built.scored_from,
         "accuracy": accuracy["fp32"],
         "n_test": len(paths),
         **{name: {**v, **_size(layout.onnx_variant(name), layout)}
@@ -114,6 +124,113 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     if failures:
         raise ExportError("; ".join(failures))
     return metrics
+
+
+@dataclass
+class _Job:
+    """What both ways of building the files read."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    layout: Layout
+    df: pd.DataFrame
+    test: pd.DataFrame
+    paths: list[Path]
+    cfg: ExportParams
+    folder: Path  # where the candidate files are written
+    base: dict[str, Any]  # the metadata every file carries
+
+    @property
+    def pre(self) -> Preprocessing:
+        return self.meta["preprocessing"]
+
+    @functools.cached_property
+    def checked(self) -> dict[str, np.ndarray]:
+        """The test rows each precision is scored on: every one, but fp16 (slow on a CPU) on
+        `fp16_check_images` of them."""
+        rows = {"fp32": np.arange(len(self.paths))}
+        if self.cfg.int8:
+            rows["int8"] = rows["fp32"]
+        if self.cfg.fp16:
+            n = self.cfg.fp16_check_images
+            rows["fp16"] = _fixed_sample(self.test, n) if 0 < n < len(self.paths) else rows["fp32"]
+        return rows
+
+
+@dataclass
+class _Built:
+    files: dict[str, Path]  # precision → candidate file
+    settings: dict[str, dict[str, Any]]  # how each reduced-precision file was made
+    logits: dict[str, np.ndarray]  # precision → logits on its checked rows
+    parity: dict[str, Any]  # fp32's parity check (graft.deploy.gates.check_parity)
+    scored_from: str
+
+
+def _glued(job: _Job) -> _Built | None:
+    """A frozen pretrained backbone (one): each file is the embedding store's graph, or its kept
+    INT8 / FP16 copy (graft.deploy.variants), with the head glued on. Scored from the cached
+    embeddings of that graph; each file is run on `parity_images` test images and must match
+    them. None when the model is not such a network or the store lacks a test image."""
+    info, network = job.meta.get("info", {}), job.meta.get("network") or {}
+    if not info.get("frozen_backbone") or network.get("kind") in ("ensemble", "baseline"):
+        return None
+    store_path = store_file(job.layout, job.meta["backbone"], job.pre.size)
+    graph = graph_path(store_path)
+    store = read_store(store_path)
+    if not graph.is_file() or not set(job.test["sha256"]) <= set(store):
+        return None
+    head = job.model.classifier
+    variants = _variants(job, graph)
+    files = {"fp32": job.folder / "model.onnx"} | {
+        name: job.folder / f"model.{name}.onnx" for name in variants}
+    for name, path in files.items():
+        glue_head(variants[name].graph if name in variants else graph, head, path, "logits")
+        attach_metadata(path, job.base)
+    shas = job.test["sha256"].tolist()
+    features = {"fp32": embeddings(store, job.test)} | embeddings_of(
+        variants, shas, job.paths, job.pre, job.cfg.batch_size,
+        {name: job.checked[name] for name in variants})
+    logits = {name: head_logits(head, features[name]) for name in files}
+    # the files themselves, on a fixed sample: each must compute what it was scored by
+    sample = {name: np.intersect1d(_fixed_sample(job.test, job.cfg.parity_images),
+                                   job.checked[name]) for name in files}
+    ran = score_files(files, job.paths, job.pre, job.cfg.batch_size, sample)
+    stores = {"fp32": store_path} | {name: v.store for name, v in variants.items()}
+    parity = {name: check_parity(
+        logits[name][np.searchsorted(job.checked[name], sample[name])], ran[name],
+        job.cfg.max_abs_diff, job.layout.onnx_variant(name),
+        f"the head on the embeddings in {_relative(stores[name], job.layout.root)}")
+        for name in files}
+    settings = {name: {**v.record["settings"], "parity": parity[name],
+                       "backbone_graph": str(_relative(v.graph, job.layout.root)),
+                       "backbone_graph_reused": not v.built} for name, v in variants.items()}
+    return _Built(files, settings, logits, parity["fp32"], "cached embeddings")
+
+
+def _variants(job: _Job, graph: Path) -> dict[str, Variant]:
+    """The INT8 and FP16 copies of the backbone graph asked for, kept or built."""
+    cfg, out = job.cfg, {}
+    if cfg.int8:
+        calibration = _calibration_rows(job.df, cfg)
+        inputs = {"calibration_sha256": calibration["sha256"].tolist(), "size": job.pre.size,
+                  **{k: getattr(cfg, k) for k in QUANTISATION_KEYS}}
+        out["int8"] = variant("int8", graph, job.layout.variants, inputs, lambda path: _int8(
+            graph, path, job.pre.load(absolute_paths(calibration, job.layout.manifest)), cfg))
+    if cfg.fp16:
+        out["fp16"] = variant("fp16", graph, job.layout.variants, {},
+                              lambda path: to_fp16(graph, path))
+    return out
+
+
+def _whole(job: _Job) -> _Built:
+    """Any other network (fine-tuned, an ensemble, a baseline): exported whole from torch, its
+    copies quantised from that file, every file scored on the test images."""
+    reference, rows, against = _reference(job)
+    files, settings = _write_files(job)
+    logits = score_files(files, job.paths, job.pre, job.cfg.batch_size, job.checked)
+    parity = check_parity(reference, logits["fp32"][rows], job.cfg.max_abs_diff,
+                          job.layout.onnx, against)
+    return _Built(files, settings, logits, parity, "images")
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -130,16 +247,15 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _reference(model: nn.Module, meta: dict[str, Any], layout: Layout, test: pd.DataFrame,
-               paths: list[Path], cfg: ExportParams) -> tuple[np.ndarray, np.ndarray, str]:
+def _reference(job: _Job) -> tuple[np.ndarray, np.ndarray, str]:
     """(logits the fp32 file must reproduce, the test rows they are of, what they are): from
-    the embedding store on every test image when the backbone is frozen (the head on cached
-    embeddings: no image pass), else the torch network on a fixed sample."""
-    logits = logits_from_store(model, meta, layout, test)
+    the embedding store on every test image when the backbones are frozen (an ensemble: the
+    heads on cached embeddings, no image pass), else the torch network on a fixed sample."""
+    logits = logits_from_store(job.model, job.meta, job.layout, job.test)
     if logits is not None:
-        return logits, np.arange(len(test)), "the head on the cached embeddings"
-    rows = _fixed_sample(test, cfg.parity_images)
-    logits = run_model(model, [paths[i] for i in rows], meta["preprocessing"], cfg.batch_size,
+        return logits, np.arange(len(job.test)), "the head on the cached embeddings"
+    rows = _fixed_sample(job.test, job.cfg.parity_images)
+    logits = run_model(job.model, [job.paths[i] for i in rows], job.pre, job.cfg.batch_size,
                        torch.device("cpu"), label="export: torch reference")
     return logits, rows, "torch"
 
@@ -166,35 +282,40 @@ def _files_metrics(layout: Layout, source: Path, cfg: ExportParams, meta: dict[s
     }
 
 
-def _write_files(model: nn.Module, pre: Preprocessing, cfg: ExportParams, folder: Path,
-                 base: dict[str, Any], calibration: list[Path]
-                 ) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
-    """model.onnx and the int8 / fp16 variants asked for, in `folder`, with the metadata every
-    file shares (each file's own precision and accuracy come after the gates); returns
-    {precision: path} and each variant's settings."""
-    files = {"fp32": folder / "model.onnx"}
-    to_onnx(model, files["fp32"], pre.size, cfg.opset, output_name="logits", metadata=base)
+def _write_files(job: _Job) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """model.onnx (the whole network from torch) and the int8 / fp16 copies asked for, in the
+    job's folder, with the metadata every file shares (each file's own precision and accuracy
+    come after the gates); returns {precision: path} and each copy's settings."""
+    cfg, pre = job.cfg, job.pre
+    files = {"fp32": job.folder / "model.onnx"}
+    to_onnx(job.model, files["fp32"], pre.size, cfg.opset, output_name="logits",
+            metadata=job.base)
     settings: dict[str, dict[str, Any]] = {"fp32": {}}
     if cfg.int8:
-        files["int8"] = folder / "model.int8.onnx"
-        settings["int8"] = quantize_int8(
-            files["fp32"], files["int8"], pre.load(calibration), cfg.calibration,
-            cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.weight_type)
+        files["int8"] = job.folder / "model.int8.onnx"
+        calibration = absolute_paths(_calibration_rows(job.df, cfg), job.layout.manifest)
+        settings["int8"] = _int8(files["fp32"], files["int8"], pre.load(calibration), cfg)
     if cfg.fp16:
-        files["fp16"] = folder / "model.fp16.onnx"
+        files["fp16"] = job.folder / "model.fp16.onnx"
         settings["fp16"] = to_fp16(files["fp32"], files["fp16"])
     for path in files.values():
-        attach_metadata(path, base)
+        attach_metadata(path, job.base)
     return files, settings
 
 
-def _calibration_paths(df: Any, layout: Layout, cfg: ExportParams) -> list[Path]:
+def _int8(source: Path, out: Path, calibration: np.ndarray, cfg: ExportParams
+          ) -> dict[str, Any]:
+    return quantize_int8(source, out, calibration, cfg.calibration, cfg.per_channel,
+                         cfg.reduce_range, cfg.activation_type, cfg.weight_type)
+
+
+def _calibration_rows(df: pd.DataFrame, cfg: ExportParams) -> pd.DataFrame:
     """Training images for INT8 calibration: all of them, or `calibration_images` drawn with
     `seed`."""
     train = df[df["split"] == "train"]
     if len(train) > cfg.calibration_images:
         train = train.sample(n=cfg.calibration_images, random_state=cfg.seed).sort_index()
-    return absolute_paths(train, layout.manifest)
+    return train
 
 
 def _size(path: Path, layout: Layout) -> dict[str, Any]:
