@@ -59,6 +59,12 @@ class Layout:
         persisted across runs."""
         return self.root / "data" / "variants"
 
+    @property
+    def baselines(self) -> Path:
+        """The baselines' kept results, by what they depend on
+        (graft.evaluation.baseline_cache), persisted across runs."""
+        return self.root / "data" / "baselines"
+
     # models/
     @property
     def models(self) -> Path:
@@ -159,8 +165,8 @@ class Layout:
     def outputs(self) -> tuple[Path, ...]:
         """The folders Graft's stages and commands write (DVC outputs among them); data/ itself
         is not one: users keep their raw images there (data/raw, tracked with `dvc add`)."""
-        return (self.prepared, self.features, self.variants, self.models, self.reports,
-                self.plots, self.metrics_dir, self.bundle)
+        return (self.prepared, self.features, self.variants, self.baselines, self.models,
+                self.reports, self.plots, self.metrics_dir, self.bundle)
 
     def output_containing(self, path: Path | str) -> Path | None:
         """The output folder that `path` (resolved, symlinks followed) lies in, or None."""
@@ -172,8 +178,8 @@ class Layout:
     def scratch_folders(self) -> tuple[Path, ...]:
         """Where a stage's atomic writes leave temporary files when the run is killed: cleaned
         (graft.core.files.clean_temp) when the next stage starts."""
-        return (self.root / "data", self.prepared, self.features, self.variants, self.models,
-                self.reports, self.plots, self.metrics_dir)
+        return (self.root / "data", self.prepared, self.features, self.variants,
+                self.baselines, self.models, self.reports, self.plots, self.metrics_dir)
 
     def bench(self, train: bool = False) -> Path:
         """`graft bench`'s report: inference, or with `train` the fine-tuning speed."""

@@ -32,6 +32,8 @@ from graft.data.manifest import absolute_paths, encode_labels
 from graft.models.scratch import PixelsLinear, SmallCNN, preprocessing
 from graft.strategies.early_stopping import BestEpoch
 
+BASELINES = ("pixels_logreg", "small_cnn")
+
 
 class BaselineError(ValueError):
     """A manifest the baselines cannot be trained on; the message names the file."""

@@ -9,7 +9,9 @@ A model whose backbone is the frozen pretrained one (a feature strategy, an ense
 from the embedding store, where the features stage already put every test image
 (graft.embeddings.scoring); any other is scored end to end from the image files with its own
 preprocessing. Two baselines
-learn from the same training images (graft.evaluation.baselines). All figures carry 95% bootstrap
+learn from the same training images (graft.evaluation.baselines), trained once per manifest and
+baseline settings (graft.evaluation.baseline_cache: a rerun that changed only the model reuses
+them). All figures carry 95% bootstrap
 intervals computed on the same resamples for every contender (graft.evaluation.compare), and the
 verdict says whether transfer learning beat the best baseline (`negative_transfer` when it did
 not). The model's accuracy is also given without the test images that nearly copy a training
@@ -35,7 +37,7 @@ from graft.core.files import sha256_file, write_json, write_text
 from graft.core.layout import Layout
 from graft.data.manifest import absolute_paths, encode_labels, origins, read_manifest
 from graft.embeddings.scoring import logits_from_store
-from graft.evaluation.baselines import train_baselines
+from graft.evaluation.baseline_cache import cached_baselines
 from graft.evaluation.compare import compare
 from graft.evaluation.plots import write_confusion
 from graft.evaluation.report import headline, report_markdown, verdict
@@ -71,10 +73,11 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
         logits = run_model(model, absolute_paths(test, layout.manifest), meta["preprocessing"],
                            p.batch_size, device, label="evaluate: the model on the test images")
     probas = {"model": torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()}
-    trained = train_baselines(p, df, layout.manifest, names, device)
+    trained, reused = cached_baselines(p, df, layout.manifest, names, device, layout.baselines)
     probas |= {name: result.proba for name, result in trained.items()}
     result = compare(y_test, probas, names, p.bootstrap, p.seed)
     result["baselines_info"] = {name: r.info for name, r in trained.items()}
+    result["baselines_reused"] = reused  # kept from an earlier run with the same inputs
     result |= without_near_copies(layout.near_duplicates, origins(test, layout.manifest), y_test,
                                   probas["model"], p.bootstrap, p.seed)
     result["on_negative_transfer"] = p.on_negative_transfer
