@@ -79,6 +79,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     paths = absolute_paths(test, layout.manifest)
 
     layout.models.mkdir(parents=True, exist_ok=True)
+    layout.variants.mkdir(parents=True, exist_ok=True)  # a DVC output, even when left empty
     # Candidates are built in a hidden folder beside the outputs, so publishing is a rename.
     tmp_dir = temp_dir(layout.onnx)
     try:
