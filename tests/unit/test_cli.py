@@ -157,3 +157,22 @@ def test_a_stage_says_what_it_did_in_two_lines(tmp_path, pattern_folder) -> None
     assert len(lines) == 2, lines
     assert lines[0].startswith("ingest: 36 images, 3 classes → train ")
     assert lines[1].startswith("ingest: done in ") and "metrics/ingest.json" in lines[1]
+
+
+def test_valid_params_are_checked_without_torch_and_a_stage_imports_only_what_it_needs(
+        tmp_path) -> None:
+    """Every `graft <stage>` checks the whole params.yaml first: with valid params (a registered
+    strategy) that imports no strategy module, hence no torch; seven stages a run pay it."""
+    (tmp_path / "params.yaml").write_text("finetune:\n  strategy: ensemble\n")
+    proc = _graft(["validate", "--no-prefect", "--root", str(tmp_path)], tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "data/prepared" in lines[0]  # past the params check
+    assert lines[-1] == "imported:"
+
+
+def test_the_stage_flows_import_prefect_and_nothing_heavy() -> None:
+    probe = ("import sys, graft.flows; print(','.join(sorted(m for m in ('torch', 'timm', "
+             "'sklearn', 'graft.lifecycle.retrain') if m in sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr

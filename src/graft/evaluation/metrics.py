@@ -91,8 +91,9 @@ def _weighted_auc(score: np.ndarray, positive: np.ndarray, w: np.ndarray) -> np.
     order = np.argsort(score, kind="stable")
     sorted_score = score[order]
     starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # tie groups
-    pos_w = np.add.reduceat(w[:, order] * positive[order], starts, axis=1)  # (B, groups)
-    neg_w = np.add.reduceat(w[:, order] * ~positive[order], starts, axis=1)
+    w_sorted = w[:, order]  # one gather: the bootstrap calls this for 10 classes × 3 models
+    pos_w = np.add.reduceat(w_sorted * positive[order], starts, axis=1)  # (B, groups)
+    neg_w = np.add.reduceat(w_sorted, starts, axis=1) - pos_w
     neg_below = np.cumsum(neg_w, axis=1) - neg_w  # negatives scoring strictly lower
     wins = (pos_w * (neg_below + 0.5 * neg_w)).sum(axis=1)
     pairs = pos_w.sum(axis=1) * neg_w.sum(axis=1)

@@ -18,7 +18,6 @@ from graft.core.layout import Layout
 from graft.data.manifest import read_manifest
 from graft.embeddings.embed import embed_missing
 from graft.embeddings.store import AUTO, check_params, store_path, with_backbone
-from graft.evaluation.transferability import select_backbone
 from graft.strategies import extra_backbones
 
 
@@ -33,6 +32,9 @@ def run(params: Params, layout: Layout) -> dict:
     names = needed_backbones(params)
     runs = {name: embed_missing(layout, with_backbone(params, name), df) for name in names}
     if cfg.backbone == AUTO:
+        # here, not at the top: it imports scikit-learn (1.5 s) that a fixed backbone never needs
+        from graft.evaluation.transferability import select_backbone
+
         selection = select_backbone(runs, df, layout)
         backbone = selection["ranking"][0]["backbone"]
     else:

@@ -178,3 +178,17 @@ def test_registration_is_checked() -> None:
     finally:
         unregister_strategy("not_a_head")
     assert "toy" not in strategy_names() and "not_a_head" not in strategy_names()
+
+
+def test_ensemble_backbones_must_share_one_preprocessing() -> None:
+    from tests.fixtures import BACKBONE
+
+    # Lite0 takes mean 0.5; timm's resnet18 ImageNet's (0.485, 0.456, 0.406)
+    mixed = FinetuneParams(strategy="ensemble", ensemble_backbones=[BACKBONE, "timm:resnet18"])
+    with pytest.raises(ConfigError, match=r"params: finetune\.ensemble_backbones = .* must "
+                                          r"share one preprocessing"):
+        check_params(mixed, "params")
+    unknown = FinetuneParams(strategy="ensemble", ensemble_backbones=[BACKBONE, "resnet9000"])
+    with pytest.raises(ConfigError, match=r"finetune\.ensemble_backbones = 'resnet9000' must "
+                                          r"be one of"):
+        check_params(unknown, "params")
