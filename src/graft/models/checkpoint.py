@@ -12,6 +12,7 @@ belong to:
   scratch (models/baseline.pt, written by the evaluate stage);
 - {"kind": "ensemble", …}: a graft.models.ensemble.Ensemble of several backbones and heads.
 
+`load_frozen_head` reads a feature strategy's head without building its backbone;
 `deployed_checkpoint` says which checkpoint the export stage publishes.
 """
 
@@ -32,7 +33,7 @@ from graft.core.layout import Layout
 from graft.data.images import Preprocessing
 from graft.models import ensemble, scratch
 from graft.models.backbones import create_model
-from graft.models.heads import install_head
+from graft.models.heads import build_head, install_head
 
 FORMAT = "graft-checkpoint/2"  # the safetensors header's `format`
 META_KEY = "graft"  # the header entry holding the JSON metadata
@@ -75,8 +76,6 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     preprocessing (a Preprocessing) and info. CheckpointError naming the file when it is not a
     complete Graft checkpoint."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: model not found; run the finetune stage first")
     meta, state = read_checkpoint(path)
     try:
         model = build_network(meta)
@@ -88,8 +87,48 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
+class FrozenHead(nn.Module):
+    """A frozen-backbone checkpoint's head alone, as `.classifier`: what scoring from the
+    embedding store and glueing the head onto the store's graph use. It cannot see images."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.classifier = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise TypeError("a FrozenHead has no backbone: load the checkpoint whole "
+                        "(load_checkpoint) to run it on images")
+
+
+def load_frozen_head(path: Path | str) -> tuple[FrozenHead, dict[str, Any]] | None:
+    """(its head as a FrozenHead, metadata) when the checkpoint is a frozen pretrained backbone
+    with a head named `classifier` (a feature strategy's), without building the backbone: no
+    timm import, ~3 s of every stage that reads model.pt; else None (use `load_checkpoint`)."""
+    path = Path(path)
+    meta, state = read_checkpoint(path)
+    if meta.get("network") is not None or not meta.get("info", {}).get("frozen_backbone"):
+        return None
+    weights = {k.removeprefix("classifier."): v for k, v in state.items()
+               if k.startswith("classifier.")}
+    # the feature width: the Linear's input, or the RBF head's support vectors'
+    dim = next((weights[k].shape[1] for k in ("weight", "1.weight", "1.support")
+                if k in weights), None)
+    if dim is None:
+        return None
+    try:
+        head = build_head(meta.get("head"), int(dim), len(meta["class_names"]))
+        head.load_state_dict(weights)
+        meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the head's weights do not fit the head its header "
+                              f"describes ({type(exc).__name__}: {str(exc)[:300]})") from None
+    return FrozenHead(head).eval(), meta
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a checkpoint file, parsed as data only."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model not found; run the finetune stage first")
     if not path.is_file():  # a folder, or a FIFO that would block the read
         raise CheckpointError(f"{path}: not a regular file")
     try:

@@ -52,7 +52,12 @@ from graft.deploy.variants import Variant, embeddings_of, variant
 from graft.embeddings.runtime import graph_path
 from graft.embeddings.scoring import logits_from_store
 from graft.embeddings.store import embeddings, read_store, store_file
-from graft.models.checkpoint import deployed_checkpoint, load_checkpoint
+from graft.models.checkpoint import (
+    FrozenHead,
+    deployed_checkpoint,
+    load_checkpoint,
+    load_frozen_head,
+)
 from graft.models.heads import head_logits
 from graft.models.inference import run_model
 from graft.models.onnx_graph import glue_head
@@ -69,7 +74,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     cfg = params.export
     start = time.perf_counter()
     source = deployed_checkpoint(layout)
-    model, meta = load_checkpoint(source)
+    model, meta = load_frozen_head(source) or load_checkpoint(source)
     df = read_manifest(layout.manifest)
     test = df[df["split"] == "test"].reset_index(drop=True)
     if test.empty:
@@ -83,7 +88,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     # Candidates are built in a hidden folder beside the outputs, so publishing is a rename.
     tmp_dir = temp_dir(layout.onnx)
     try:
-        job = _Job(model, meta, layout, df, test, paths, cfg, tmp_dir,
+        job = _Job(source, model, meta, layout, df, test, paths, cfg, tmp_dir,
                    metadata(meta, source, len(paths)))
         built = _glued(job) or _whole(job)
         logits, checked = built.logits, job.checked
@@ -131,7 +136,8 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
 class _Job:
     """What both ways of building the files read."""
 
-    model: nn.Module
+    source: Path  # the checkpoint
+    model: nn.Module  # a FrozenHead when the checkpoint is a frozen backbone with a head
     meta: dict[str, Any]
     layout: Layout
     df: pd.DataFrame
@@ -226,6 +232,8 @@ def _variants(job: _Job, graph: Path) -> dict[str, Variant]:
 def _whole(job: _Job) -> _Built:
     """Any other network (fine-tuned, an ensemble, a baseline): exported whole from torch, its
     copies quantised from that file, every file scored on the test images."""
+    if isinstance(job.model, FrozenHead):  # the store lacked an image: the whole network
+        job.model, _ = load_checkpoint(job.source)
     reference, rows, against = _reference(job)
     files, settings = _write_files(job)
     logits = score_files(files, job.paths, job.pre, job.cfg.batch_size, job.checked)

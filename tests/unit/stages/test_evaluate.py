@@ -75,6 +75,9 @@ def test_run_is_deterministic_and_leaves_inputs_alone(tmp_path) -> None:
     before = layout.manifest.read_bytes(), layout.model.read_bytes()
     first = evaluate.run(evaluate_params(cnn_epochs=2), layout)
     second = evaluate.run(evaluate_params(cnn_epochs=2), layout)
+    # the second run scores against the baselines the first trained (graft.evaluation.
+    # baseline_cache): the same figures
+    assert (first.pop("baselines_reused"), second.pop("baselines_reused")) == (False, True)
     assert first == second
     assert (layout.manifest.read_bytes(), layout.model.read_bytes()) == before
 
