@@ -89,11 +89,13 @@ def backbone_passes(root: Path) -> dict[str, Any]:
         "train": embed,
         # the features stage checks its onnxruntime graph against torch on a few val images
         "val": embed + (1 if parity.get("n_images") else 0),
-        # the export stage scores every test image with model.onnx; a fine-tuned backbone
-        # also needs torch's logits on export.parity_images of them
+        # the export stage runs model.onnx on test images: on export.parity_images of them when
+        # it scored from the cached embeddings (a frozen backbone), else on every one, and a
+        # fine-tuned backbone also needs torch's logits on parity_images of them
         "test": embed + 1 + (1 if export.get("parity_against") == "torch" else 0),
     }
-    return {"per_image_max": passes, "max": max(passes.values())}
+    return {"per_image_max": passes, "max": max(passes.values()),
+            "test_images_checked_by_export": export.get("n_parity_images")}
 
 
 def main() -> None:

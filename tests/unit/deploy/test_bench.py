@@ -3,6 +3,7 @@ reason on a machine without CUDA, JSON and table written; `--train` times real t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -32,7 +33,10 @@ def test_inference_rows_on_the_exported_models(exported):
     for row in report["rows"]:
         assert 0 < row["p50_ms_batch1"] <= row["p95_ms_batch1"]
         assert row["images_per_s"] > 0 and row["batch_size"] == 4
-    assert set(report["ratios"]) == {"onnxruntime_fp32_vs_torch_eager", "onnxruntime_int8_vs_fp32"}
+    ratios = {"onnxruntime_fp32_vs_torch_eager", "onnxruntime_int8_vs_fp32"}
+    if importlib.util.find_spec("openvino"):  # the [openvino] extra: its rows and ratios too
+        ratios |= {"openvino_fp32_vs_onnxruntime_fp32", "openvino_int8_vs_onnxruntime_int8"}
+    assert set(report["ratios"]) == ratios
     if not torch.cuda.is_available():
         assert report["skipped"]["onnxruntime fp32 (CUDA)"] == "no CUDA device on this machine"
     table = markdown(report)
