@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,14 @@ from graft.models.backbones import create_model, get_spec
 from graft.models.checkpoint import load_checkpoint, save_checkpoint
 from graft.models.heads import head_logits
 from graft.stages import export, features
-from tests.fixtures import BACKBONE, CLASSES, EXPORT_SIZE, export_params, make_export_project
+from tests.fixtures import (
+    BACKBONE,
+    CLASSES,
+    EXPORT_SIZE,
+    REPO,
+    export_params,
+    make_export_project,
+)
 
 
 def frozen_checkpoint(layout: Layout, seed: int) -> torch.nn.Module:
@@ -119,3 +128,17 @@ def test_embeddings_that_do_not_match_their_graph_stop_the_export(glued):
                                                  r".*\.int8-.*\.npz failed"):
         export.run(export_params(), glued)
     assert glued.onnx.read_bytes() == before  # nothing published
+
+
+def test_the_int8_calibration_benchmark_scores_a_setting_on_the_project(glued):
+    """benchmarks/int8_calibration.py: what it prints for the export's own setting is what the
+    export stage measured."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/int8_calibration.py"),
+                           "--root", str(glued.root), "minmax"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    metrics = json.loads(glued.metrics("export").read_text())
+    assert line["setting"] == "minmax"
+    assert line["accuracy"] == metrics["int8"]["accuracy"]
+    assert line["top1_agreement"] == metrics["int8"]["top1_agreement"]
