@@ -71,7 +71,11 @@ def main() -> None:
     test = df[df["split"] == "test"]
     y = encode_labels(test["label"], list(meta["class_names"]), layout.manifest, "test", "model")
     store = store_file(layout, meta["backbone"], pre.size)
-    fp32 = head_logits(head.classifier, embeddings(read_store(store), test)).argmax(1)
+    fp32_logits = head_logits(head.classifier, embeddings(read_store(store), test))
+    fp32 = fp32_logits.argmax(1)
+    top2 = np.sort(fp32_logits, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # how far fp32's choice is from its runner-up
+    lowest_decile = margin < np.percentile(margin, 10)
     paths = absolute_paths(test, layout.manifest)
     with tempfile.TemporaryDirectory(prefix="graft-int8-") as tmp:
         prepared = f"{tmp}/prepared.onnx"
@@ -92,11 +96,18 @@ def main() -> None:
             vectors = run_on_images({name: lambda x, s=session: s.run(None, {"image": x})[0]},
                                     paths, pre, 32, None, f"int8 {name}")[name]
             int8 = head_logits(head.classifier, vectors).argmax(1)
-            print(json.dumps({"setting": name, "calibration_images": len(calibration),
-                              "accuracy": float((int8 == y).mean()),
-                              "fp32_accuracy": float((fp32 == y).mean()),
-                              "top1_agreement": float((int8 == fp32).mean()),
-                              "quantise_s": round(seconds, 1)}), flush=True)
+            flips = int8 != fp32
+            print(json.dumps({
+                "setting": name, "calibration_images": len(calibration),
+                "accuracy": float((int8 == y).mean()), "fp32_accuracy": float((fp32 == y).mean()),
+                "top1_agreement": float(1 - flips.mean()), "flips": int(flips.sum()),
+                # where the flips are: near-ties of fp32's own choice, or anywhere
+                "flips_in_fp32_lowest_margin_decile": float(lowest_decile[flips].mean())
+                if flips.any() else None,
+                "median_fp32_margin": {"all": float(np.median(margin)),
+                                       "flipped": float(np.median(margin[flips]))
+                                       if flips.any() else None},
+                "quantise_s": round(seconds, 1)}), flush=True)
 
 
 if __name__ == "__main__":
