@@ -94,7 +94,9 @@ def _save(entry: Path, results: dict[str, BaselineResult], names: list[str], siz
                             **result.info)
         with open(tmp / "proba.npz", "wb") as fh:
             np.savez(fh, **{name: r.proba for name, r in results.items()})
-        if entry.exists():  # unreadable: replaced
+        if entry.is_symlink() or entry.is_file():  # not an entry: replaced, never followed
+            entry.unlink()
+        elif entry.is_dir():  # unreadable: replaced
             shutil.rmtree(entry)
         tmp.rename(entry)
     finally:

@@ -71,12 +71,17 @@ def save_checkpoint(
     write_bytes(path, safetensors_bytes(state, metadata=header))  # a full disk names `path`
 
 
-def load_checkpoint(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: Path | str, head_only: bool = False
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on the CPU, metadata) where metadata has backbone, class_names,
     preprocessing (a Preprocessing) and info. CheckpointError naming the file when it is not a
-    complete Graft checkpoint."""
+    complete Graft checkpoint. With `head_only`, a checkpoint `load_frozen_head` can read comes
+    back as its FrozenHead (the file is read once either way)."""
     path = Path(path)
     meta, state = read_checkpoint(path)
+    frozen = _frozen_head(path, meta, state) if head_only else None
+    if frozen is not None:
+        return frozen
     try:
         model = build_network(meta)
         model.load_state_dict(state)
@@ -105,7 +110,11 @@ def load_frozen_head(path: Path | str) -> tuple[FrozenHead, dict[str, Any]] | No
     with a head named `classifier` (a feature strategy's), without building the backbone: no
     timm import, ~3 s of every stage that reads model.pt; else None (use `load_checkpoint`)."""
     path = Path(path)
-    meta, state = read_checkpoint(path)
+    return _frozen_head(path, *read_checkpoint(path))
+
+
+def _frozen_head(path: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]
+                 ) -> tuple[FrozenHead, dict[str, Any]] | None:
     if meta.get("network") is not None or not meta.get("info", {}).get("frozen_backbone"):
         return None
     weights = {k.removeprefix("classifier."): v for k, v in state.items()

@@ -43,7 +43,7 @@ from graft.evaluation.plots import write_confusion
 from graft.evaluation.report import headline, report_markdown, verdict
 from graft.labels.leakage import without_near_copies
 from graft.models import scratch
-from graft.models.checkpoint import load_checkpoint, load_frozen_head, save_checkpoint
+from graft.models.checkpoint import load_checkpoint, save_checkpoint
 from graft.models.inference import run_model
 
 
@@ -59,7 +59,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     """Score the model and the baselines on the test split; write every output; return metrics."""
     p = params.evaluate
     df = read_manifest(layout.manifest)
-    model, meta = load_frozen_head(layout.model) or load_checkpoint(layout.model)
+    model, meta = load_checkpoint(layout.model, head_only=True)
     names: list[str] = list(meta["class_names"])
     test = df[df["split"] == "test"]
     if test.empty:

@@ -56,7 +56,6 @@ from graft.models.checkpoint import (
     FrozenHead,
     deployed_checkpoint,
     load_checkpoint,
-    load_frozen_head,
 )
 from graft.models.heads import head_logits
 from graft.models.inference import run_model
@@ -74,7 +73,7 @@ def run(params: Params, layout: Layout) -> dict[str, Any]:
     cfg = params.export
     start = time.perf_counter()
     source = deployed_checkpoint(layout)
-    model, meta = load_frozen_head(source) or load_checkpoint(source)
+    model, meta = load_checkpoint(source, head_only=True)
     df = read_manifest(layout.manifest)
     test = df[df["split"] == "test"].reset_index(drop=True)
     if test.empty:

@@ -99,7 +99,7 @@ def test_zeroed_head_is_negative_transfer(tmp_path) -> None:
 def test_good_model_is_not_negative_transfer(tmp_path, monkeypatch, mode) -> None:
     layout = make_evaluate_project(tmp_path)
     _, meta = load_checkpoint(layout.model)
-    monkeypatch.setattr(evaluate, "load_checkpoint", lambda path: (ColourModel(), meta))
+    monkeypatch.setattr(evaluate, "load_checkpoint", lambda path, **_: (ColourModel(), meta))
     result = evaluate.run(evaluate_params(on_negative_transfer=mode), layout)
     assert result["accuracy"] == 1.0 and result["roc_auc"] == 1.0
     assert result["transfer_gain"] >= 0 and result["negative_transfer"] is False
