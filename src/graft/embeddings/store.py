@@ -87,6 +87,9 @@ def view_keys(sha256: str, n_views: int) -> list[str]:
 def read_store(path: Path) -> dict[str, np.ndarray]:
     if not path.exists():
         return {}
+    if not path.is_file():  # a folder, or a FIFO that would block the read
+        raise FeaturesError(f"{path}: not a regular file; delete it, then run the features "
+                            "stage again")
     try:  # a cache a user may pull or copy: arrays only, never pickled objects
         with np.load(path, allow_pickle=False) as npz:
             return dict(zip(npz["sha256"].tolist(), npz["features"], strict=True))

@@ -69,7 +69,7 @@ def key(p: EvaluateParams, df: pd.DataFrame, names: list[str], device: torch.dev
 
 
 def _load(entry: Path) -> dict[str, BaselineResult] | None:
-    if not entry.is_dir():
+    if not entry.is_dir() or not (entry / "proba.npz").is_file():  # a FIFO would block
         return None
     try:
         with np.load(entry / "proba.npz", allow_pickle=False) as npz:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from graft.embeddings.store import (
     FeaturesError,
     check_params,
     load_features,
+    read_store,
     resolve_backbone,
     with_backbone,
 )
@@ -49,3 +51,14 @@ def test_resolve_backbone_without_the_features_metrics_names_the_file(tmp_path: 
 def test_an_unknown_timm_name_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="features.backbone = 'timm:no_such_net'"):
         check_params(FeaturesParams(backbone="timm:no_such_net"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_store_that_is_not_a_file_is_one_clear_error_not_a_hang(tmp_path: Path, kind) -> None:
+    path = tmp_path / "efficientnet_lite0-224.npz"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    with pytest.raises(FeaturesError, match=r"efficientnet_lite0-224\.npz: not a regular file"):
+        read_store(path)

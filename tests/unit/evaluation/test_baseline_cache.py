@@ -5,6 +5,7 @@ an entry that cannot be read is trained again, never trusted."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 
 import numpy as np
@@ -72,13 +73,16 @@ def test_what_a_baseline_depends_on_makes_a_new_entry(project, change):
     assert len([e for e in layout.baselines.iterdir() if e.is_dir()]) == 2
 
 
-@pytest.mark.parametrize("damage", ["proba", "pickled checkpoint", "missing file"])
+@pytest.mark.parametrize("damage", ["proba", "pickled checkpoint", "missing file", "fifo"])
 def test_an_unreadable_entry_is_trained_again_and_rewritten(project, damage):
     layout, df, p = project
     run(layout, df, p)
     (entry,) = [e for e in layout.baselines.iterdir() if e.is_dir()]
     if damage == "proba":
         (entry / "proba.npz").write_bytes(b"not an npz")
+    elif damage == "fifo":  # a read would block forever
+        (entry / "proba.npz").unlink()
+        os.mkfifo(entry / "proba.npz")
     elif damage == "pickled checkpoint":  # a model file is data: a pickle is never loaded
         (entry / "small_cnn.pt").write_bytes(pickle.dumps({"state": "x"}))
     else:
