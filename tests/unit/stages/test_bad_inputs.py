@@ -120,7 +120,7 @@ def test_decompression_bomb_is_refused_before_decoding(src, tmp_path, monkeypatc
             start = time.perf_counter()
             with pytest.raises(ImageError, match=f"{name}: .*decompression bomb"):
                 read_image(src / "good" / name, max_pixels=40_000_000)
-            assert time.perf_counter() - start < 0.5  # seconds; decoding 0.9 Gpx takes far more
+            assert time.perf_counter() - start < 5  # s, loose for a busy box; decoding is slower
     _fails(src, tmp_path, "decodes: 2 file(s)", "bomb.png (too many pixels",
            "big.png (10000×5000 = 50,000,000 pixels exceeds the limit")
 
