@@ -38,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from tests.dask_processes import BIN, DaskProcesses, free_port  # noqa: E402
+from tests.dask_processes import DaskProcesses  # noqa: E402
+from tests.fixtures import BIN, free_port  # noqa: E402
 
 
 def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from tests.fixtures import (
     copy_stage_outputs,
     export_params,
     finetune_params,
+    free_port,
     make_export_project,
     make_pattern_images,
     make_split_project,
@@ -77,17 +77,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Layout, dict]:
     return layout, metrics
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME; yields the API URL."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)

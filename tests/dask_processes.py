@@ -23,19 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from tests.fixtures import BIN, free_port
+
 WORKER_CONFIG = """\
 distributed:
   nanny:
     pre-spawn-environ:
       MALLOC_TRIM_THRESHOLD_: null
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DaskProcesses:

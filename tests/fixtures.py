@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -476,6 +477,13 @@ HOLD_LOCK = ("import sys, time; from pathlib import Path; from graft.lifecycle i
 
 
 # ---- end-to-end projects ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a test's own server on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def sh(args: list[str], cwd: Path, env: dict) -> str:

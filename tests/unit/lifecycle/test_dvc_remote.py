@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,7 +20,7 @@ import pytest
 from graft.core.files import sha256_file
 from graft.core.layout import Layout
 from graft.lifecycle import retrain
-from tests.fixtures import BIN, sh
+from tests.fixtures import BIN, free_port, sh
 
 BUCKET = "graft-dvc"  # S3 bucket names: 3–63 characters
 OUTS = ["data/features/a.npz", "data/features/b.npz", "models/model.pt"]
@@ -43,12 +42,6 @@ if not (BIN / "moto_server").exists():
     pytest.skip("moto_server is not installed (pip install -e .[dev])", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """http://127.0.0.1:PORT of a moto S3 server holding an empty bucket BUCKET; the AWS
@@ -60,7 +53,7 @@ def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("HOME", str(tmp_path))
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115 (closed below)
     server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
