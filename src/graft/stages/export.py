@@ -313,8 +313,8 @@ def _write_files(job: _Job) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]
 
 def _int8(source: Path, out: Path, calibration: np.ndarray, cfg: ExportParams
           ) -> dict[str, Any]:
-    return quantize_int8(source, out, calibration, cfg.calibration, cfg.per_channel,
-                         cfg.reduce_range, cfg.activation_type, cfg.weight_type)
+    settings = {k: getattr(cfg, k) for k in QUANTISATION_KEYS}  # the ones a kept copy is keyed by
+    return quantize_int8(source, out, calibration, method=settings.pop("calibration"), **settings)
 
 
 def _calibration_rows(df: pd.DataFrame, cfg: ExportParams) -> pd.DataFrame:
