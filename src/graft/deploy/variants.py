@@ -59,7 +59,9 @@ def variant(precision: str, source: Path, folder: Path, inputs: dict[str, Any],
          "onnxruntime": onnxruntime.__version__, **inputs}, sort_keys=True, default=str))
     key = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
     graph = folder / f"{source.stem}.{precision}-{key[:16]}.onnx"
-    record = _record(graph.with_suffix(".json")) if graph.is_file() else None
+    # a link is never a kept copy: replaced, so nothing outside data/variants is trusted or touched
+    kept = graph.is_file() and not graph.is_symlink()
+    record = _record(graph.with_suffix(".json")) if kept else None
     if record is not None and {k: record.get(k) for k in wanted} == wanted and \
             record.get("sha256") == sha256_file(graph):  # not replaced or damaged since
         graph.touch()  # recently used: the last to be pruned

@@ -69,6 +69,8 @@ def key(p: EvaluateParams, df: pd.DataFrame, names: list[str], device: torch.dev
 
 
 def _load(entry: Path) -> dict[str, BaselineResult] | None:
+    if entry.is_symlink():  # not an entry: replaced, so nothing outside is trusted or touched
+        return None
     if not entry.is_dir() or not (entry / "proba.npz").is_file():  # a FIFO would block
         return None
     try:

@@ -101,19 +101,24 @@ def test_only_the_most_recent_entries_are_kept(project):
     assert not [e for e in layout.baselines.iterdir() if e.name.startswith(".")]
 
 
-@pytest.mark.parametrize("intruder", ["file", "symlink"])
+@pytest.mark.parametrize("intruder", ["file", "symlink", "symlink to an entry"])
 def test_a_file_or_link_where_an_entry_belongs_is_replaced_and_nothing_outside_touched(
         project, tmp_path, intruder):
     layout, df, p = project
     entry = layout.baselines / baseline_cache.key(p, df, CLASSES, CPU)
     layout.baselines.mkdir(parents=True)
     outside = tmp_path / "outside"
-    outside.mkdir()
+    if intruder == "symlink to an entry":  # a complete entry, but not this project's own
+        run(layout, df, p)
+        entry.rename(outside)
+    else:
+        outside.mkdir()
     (outside / "keep.txt").write_text("mine")
+    os.utime(outside, (1, 1))
     if intruder == "file":
         entry.write_text("not an entry")
     else:
         entry.symlink_to(outside, target_is_directory=True)
     _, reused = run(layout, df, p)
     assert reused is False and entry.is_dir() and not entry.is_symlink()
-    assert (outside / "keep.txt").read_text() == "mine"
+    assert (outside / "keep.txt").read_text() == "mine" and outside.stat().st_mtime == 1

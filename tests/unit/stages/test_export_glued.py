@@ -6,6 +6,7 @@ embeddings that no longer match their graph stop the export."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,19 @@ def test_a_replaced_kept_copy_is_rebuilt_not_shipped(glued):
     metrics = export.run(export_params(), glued)
     assert metrics["int8"]["backbone_graph_reused"] is False
     assert metrics["int8"]["parity"]["top1_flips"] == 0
+
+
+def test_a_kept_copy_that_is_a_symlink_is_rebuilt_and_its_target_left_alone(glued, tmp_path):
+    metrics = json.loads(glued.metrics("export").read_text())
+    kept = glued.root / metrics["int8"]["backbone_graph"]
+    outside = tmp_path / "outside.onnx"
+    kept.rename(outside)  # the very bytes recorded, but a file outside the project
+    os.utime(outside, (1, 1))
+    kept.symlink_to(outside)
+    metrics = export.run(export_params(), glued)
+    assert metrics["int8"]["backbone_graph_reused"] is False
+    assert kept.is_file() and not kept.is_symlink()
+    assert outside.stat().st_mtime == 1  # neither touched nor written
 
 
 def test_embeddings_that_do_not_match_their_graph_stop_the_export(glued):
